@@ -1,0 +1,157 @@
+"""The Python API: one method per operation, carried in-process or over the socket.
+
+``Operations`` defines every public method once. ``Orchestrator`` runs them against
+the database file (embedded mode); ``orchestrator.client.Client`` sends them to the
+daemon. So both have the same names, parameters, results and errors by construction.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Any
+
+from . import clock, doctor, paths, rules, validate
+from .store import DEFAULT_BUSY_BUDGET_S, SQLiteStore
+
+
+def _given(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if k != "self" and v is not None}
+
+
+class Operations(abc.ABC):
+    """Every orch operation. Times are seconds in, epoch milliseconds out."""
+
+    @abc.abstractmethod
+    def _call(self, op: str, params: dict[str, Any]) -> Any:
+        """Carry out operation ``op`` with raw ``params``."""
+
+    def submit_task(self, payload: Any = None, *, queue: str | None = None,
+                    priority: int | None = None, key: str | None = None,
+                    max_attempts: int | None = None, delay: float | None = None,
+                    kind: str | None = None, parent_id: int | None = None,
+                    effect: str | None = None) -> dict:
+        """Add a work item; with ``key``, return the existing one (``created: False``)."""
+        return self._call("submit_task", _given(locals()))
+
+    def submit_many(self, items: list[dict]) -> list[dict]:
+        """Submit many items (each a dict of ``submit_task`` parameters) in one transaction."""
+        return self._call("submit_many", {"items": items})
+
+    def claim_task(self, worker_id: str, queues: list[str] | str | None = None, *,
+                   ttl: float | None = None, kinds: list[str] | str | None = None,
+                   item_id: int | None = None, wait: float | None = None) -> dict | None:
+        """Claim the best claimable item (or ``item_id``) for ``worker_id``.
+
+        Returns the claim (the item plus ``token``, ``fence``, ``attempt``) or None.
+        ``wait`` seconds: block until something is claimable or the time is up.
+        """
+        return self._call("claim_task", _given(locals()))
+
+    def heartbeat(self, item_id: int | None = None, token: str | None = None, *,
+                  ttl: float | None = None, worker_id: str | None = None) -> dict:
+        """Extend one lease (item and token) or every live lease of ``worker_id``."""
+        return self._call("heartbeat", _given(locals()))
+
+    def release_task(self, item_id: int, token: str, outcome: str, *, result: Any = None,
+                     error: str | None = None, retry_in: float | None = None,
+                     no_retry: bool | None = None) -> dict:
+        """End a claim: ``succeeded``, ``failed`` (retried with backoff), ``cancelled``,
+        or ``requeue``."""
+        return self._call("release_task", _given(locals()))
+
+    def stale_recovery(self, dry_run: bool | None = None) -> dict:
+        """Fence out every expired lease and move its item on; safe to run any time."""
+        return self._call("stale_recovery", _given(locals()))
+
+    def cancel_task(self, item_id: int) -> dict:
+        """Cancel a pending item, or ask the holder of a running one to stop."""
+        return self._call("cancel_task", {"item_id": item_id})
+
+    def checkpoint(self, item_id: int, token: str, data: Any) -> dict:
+        """Store the holder's progress; the next holder gets it with its claim."""
+        return self._call("checkpoint", {"item_id": item_id, "token": token, "data": data})
+
+    def resolve_task(self, item_id: int, outcome: str) -> dict:
+        """Settle an ``unknown`` item: succeeded, failed, retry or cancelled."""
+        return self._call("resolve_task", {"item_id": item_id, "outcome": outcome})
+
+    def get_task(self, item_id: int) -> dict:
+        """One item."""
+        return self._call("get_task", {"item_id": item_id})
+
+    def list_tasks(self, status: str | None = None, queue: str | None = None,
+                   kind: str | None = None, limit: int | None = None) -> list[dict]:
+        """Items, newest first (``limit`` 100 by default, 0 for all)."""
+        return self._call("list_tasks", _given(locals()))
+
+    def list_events(self, item_id: int | None = None, since: int | None = None,
+                    limit: int | None = None) -> list[dict]:
+        """Events after sequence number ``since``, oldest first."""
+        return self._call("list_events", _given(locals()))
+
+    def verify(self, item_id: int, token: str) -> dict:
+        """Whether ``token`` is the item's live claim: ``{valid, fence, status}``."""
+        return self._call("verify", {"item_id": item_id, "token": token})
+
+    def status(self) -> dict:
+        """Counts by status, live workers and what they hold, unrecovered expired leases."""
+        return self._call("status", {})
+
+    def ping(self) -> dict:
+        """Liveness."""
+        return self._call("ping", {})
+
+
+class Orchestrator(Operations):
+    """orch embedded: the operations run in this process against the database file."""
+
+    mode = "embedded"
+
+    def __init__(self, db: str | Path | None = None, *, synchronous: str = "full",
+                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
+        self.db_path = Path(db) if db is not None else paths.default_db()
+        self.store = SQLiteStore(self.db_path, synchronous=synchronous,
+                                 busy_budget_s=busy_budget_s)
+
+    def _call(self, op: str, params: dict[str, Any]) -> Any:
+        kwargs = validate.check(op, params)
+        if op == "claim_task" and kwargs["wait"]:
+            return self._claim_waiting(kwargs)
+        return self.run(op, kwargs)
+
+    def run(self, op: str, kwargs: dict[str, Any]) -> Any:
+        """Run a checked operation in its own transaction."""
+        fn, writes = rules.OPERATIONS[op]
+        execute = self.store.write if writes else self.store.read
+        return execute(lambda tx: fn(tx, clock.now_ms(), **kwargs))
+
+    def _claim_waiting(self, kwargs: dict[str, Any]) -> dict | None:
+        # Embedded mode has no one to wake it: poll, backing off up to 1 s.
+        deadline = time.monotonic() + kwargs["wait"] / 1000
+        pause = 0.05
+        while True:
+            claim = self.run("claim_task", kwargs)
+            left = deadline - time.monotonic()
+            if claim is not None or left <= 0:
+                return claim
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 1.0)
+
+    def doctor(self) -> dict:
+        """Check the file: integrity, the event chain, and that replay equals the rows."""
+        return doctor.check(self.store)
+
+    def backup(self, dest: str | Path) -> None:
+        """A consistent copy of the database at ``dest``, taken while writers go on."""
+        self.store.backup(Path(dest))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,50 @@
+"""``orch doctor``: is the file sound, is the log untouched, do the rows match the log?"""
+
+from __future__ import annotations
+
+from . import events as ev
+from .store import Store, Tx
+
+#: What an item's replayed state starts from before its ``submitted`` event sets the rest.
+_UNSET = {f: None for f in ev.STATE_FIELDS} | {"cancel_requested": 0}
+_ROW_FIELDS = tuple(f.removesuffix("_sha256") for f in ev.STATE_FIELDS)
+
+
+def check(store: Store) -> dict:
+    problems = [f"integrity_check: {p}" for p in store.integrity_problems()]
+    counts = store.read(lambda tx: _check_log(tx, problems))
+    return {"ok": not problems, "problems": problems, **counts}
+
+
+def _check_log(tx: Tx, problems: list[str]) -> dict:
+    prev, expected_seq, events = ev.GENESIS, 1, []
+    for e in tx.all("all_events"):
+        if e["seq"] != expected_seq:
+            problems.append(f"event log: expected event {expected_seq}, found {e['seq']}")
+        if e["prev_hash"] != prev or e["hash"] != ev.chain_hash(
+                prev, e["seq"], e["at"], e["item_id"], e["type"], e["worker_id"],
+                e["fence"], e["detail"]):
+            problems.append(f"event log: hash chain broken at event {e['seq']}")
+        prev, expected_seq = e["hash"], e["seq"] + 1
+        events.append(e)
+    replayed = ev.replay(events)
+    max_fence = 0
+    items = tx.all("all_items")
+    for row in items:
+        max_fence = max(max_fence, row["fence"] or 0)
+        want = replayed.pop(row["id"], None)
+        if want is None:
+            problems.append(f"item {row['id']}: has no events")
+            continue
+        have = ev.state_of(row, _ROW_FIELDS)
+        want = _UNSET | want
+        for field in ev.STATE_FIELDS:
+            if have[field] != want[field]:
+                problems.append(f"item {row['id']}: {field} is {have[field]!r} but the event "
+                                f"log says {want[field]!r}")
+    for item_id in replayed:
+        problems.append(f"item {item_id}: in the event log but missing from items")
+    fence = tx.one("current_fence")["value"]
+    if fence < max_fence:
+        problems.append(f"fence counter {fence} is below a fence in use ({max_fence})")
+    return {"items": len(items), "events": len(events)}

@@ -1,0 +1,111 @@
+"""Domain errors, and the one table that maps them to CLI exit codes and JSON-RPC codes."""
+
+from __future__ import annotations
+
+
+class OrchError(Exception):
+    """Something went wrong in orch."""
+
+    reason = "error"
+
+    def __init__(self, message: str | None = None, *, data: dict | None = None):
+        super().__init__(message or (self.__doc__ or "").strip())
+        self.data = data or {}
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidInput(OrchError):
+    """Invalid input."""
+
+    reason = "invalid"
+
+
+class LimitExceeded(InvalidInput):
+    """A value is over a limit."""
+
+    reason = "limit"
+
+
+class LeaseLost(OrchError):
+    """The lease is lost: the token is not the item's live claim."""
+
+    reason = "lease_lost"
+
+
+class NotFound(OrchError):
+    """No such item."""
+
+    reason = "not_found"
+
+
+class Conflict(OrchError):
+    """The transition is not allowed from the item's current status."""
+
+    reason = "conflict"
+
+
+class Unavailable(OrchError):
+    """The database or the daemon is unavailable."""
+
+    reason = "unavailable"
+
+
+class OutcomeUnknown(Unavailable):
+    """The connection was lost after the request was sent; it may or may not have run."""
+
+    reason = "outcome_unknown"
+
+
+class SchemaTooNew(OrchError):
+    """The database was written by a newer orch."""
+
+    reason = "schema_too_new"
+
+
+# exit codes: 0 done, 1 error, 2 usage, 3 nothing to claim, 4 lease lost, 5 not found,
+# 6 conflict, 7 unavailable.  JSON-RPC: the standard codes, then 1001-1005.
+EXIT_NOTHING_TO_CLAIM = 3
+RPC_PARSE_ERROR = -32700
+RPC_INVALID_REQUEST = -32600
+RPC_METHOD_NOT_FOUND = -32601
+RPC_INVALID_PARAMS = -32602
+RPC_INTERNAL_ERROR = -32603
+
+#: error class -> (CLI exit code, JSON-RPC error code). Subclasses are listed before
+#: their bases; nothing else in orch decides these numbers.
+CODES: list[tuple[type[OrchError], int, int]] = [
+    (LimitExceeded, 2, 1004),
+    (InvalidInput, 2, RPC_INVALID_PARAMS),
+    (LeaseLost, 4, 1001),
+    (NotFound, 5, 1002),
+    (Conflict, 6, 1003),
+    (Unavailable, 7, 1005),
+    (OrchError, 1, RPC_INTERNAL_ERROR),
+]
+
+
+def exit_code(exc: BaseException) -> int:
+    for cls, code, _ in CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def rpc_code(exc: BaseException) -> int:
+    for cls, _, code in CODES:
+        if isinstance(exc, cls):
+            return code
+    return RPC_INTERNAL_ERROR
+
+
+def from_rpc(code: int, message: str, data: dict | None) -> OrchError:
+    """Rebuild the domain error a daemon reported, so callers see one error type per case."""
+    for cls, _, rpc in CODES:
+        if rpc == code:
+            return cls(message, data=data)
+    if code in (RPC_PARSE_ERROR, RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND):
+        return InvalidInput(message, data=data)
+    return OrchError(message, data=data)

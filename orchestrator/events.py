@@ -1,0 +1,87 @@
+"""The event log's shape: what each event records, its hash chain, and replay.
+
+Every event's ``detail`` carries the item fields its transition set, read back from
+the row the transition wrote (JSON values as their SHA-256). Replaying the details in
+order rebuilds each item's state, which is what ``orch doctor`` compares with the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .validate import dump_json
+
+GENESIS = "0" * 64
+
+#: JSON-text columns: events record their digest, never the value.
+DIGESTED = ("payload", "checkpoint", "result")
+#: Every item field an event can set, and so every field replay checks.
+STATE_FIELDS = (
+    "kind", "queue", "parent_id", "key", "priority", "status", "attempts", "max_attempts",
+    "run_after", "effect", "worker_id", "fence", "lease_ttl_ms", "lease_expires_at",
+    "heartbeat_at", "cancel_requested", "error",
+) + tuple(f"{name}_sha256" for name in DIGESTED)
+
+# The fields each kind of transition sets.
+SUBMITTED = ("kind", "queue", "parent_id", "key", "priority", "status", "attempts",
+             "max_attempts", "run_after", "effect", "payload")
+CLAIMED = ("status", "attempts", "worker_id", "fence", "lease_ttl_ms", "lease_expires_at",
+           "heartbeat_at", "cancel_requested")
+HEARTBEAT = ("lease_expires_at", "heartbeat_at")
+CHECKPOINT = ("checkpoint",)
+SETTLED = ("status", "run_after", "result", "error", "lease_expires_at", "heartbeat_at")
+CANCEL_REQUESTED = ("cancel_requested",)
+
+
+def digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_of(row: dict, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The part of an item row that ``fields`` names, as an event records it."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f in DIGESTED:
+            out[f"{f}_sha256"] = digest(row[f])
+        else:
+            out[f] = row[f]
+    return out
+
+
+def chain_hash(prev_hash: str, seq: int, at: int, item_id: int | None, type_: str,
+               worker_id: str | None, fence: int | None, detail: str) -> str:
+    material = json.dumps([prev_hash, seq, at, item_id, type_, worker_id, fence, detail],
+                          separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
+           fence: int | None, detail: dict[str, Any]) -> int:
+    """Append one event in the caller's transaction; returns its sequence number."""
+    if tx.last_hash is None:
+        head = tx.one("last_event")
+        tx.last_seq, tx.last_hash = (head["seq"], head["hash"]) if head else (0, GENESIS)
+    seq = tx.last_seq + 1
+    text = dump_json(detail)
+    h = chain_hash(tx.last_hash, seq, at, item_id, type_, worker_id, fence, text)
+    tx.run("insert_event", {"seq": seq, "at": at, "item_id": item_id, "type": type_,
+                            "worker_id": worker_id, "fence": fence, "detail": text,
+                            "prev_hash": tx.last_hash, "hash": h})
+    tx.last_seq, tx.last_hash = seq, h
+    return seq
+
+
+def replay(events) -> dict[int, dict[str, Any]]:
+    """Fold events (in sequence order) into the state each item should have now."""
+    states: dict[int, dict[str, Any]] = {}
+    for ev in events:
+        if ev["item_id"] is None:
+            continue
+        detail = json.loads(ev["detail"])
+        state = states.setdefault(ev["item_id"], {})
+        for k, v in detail.items():
+            if k in STATE_FIELDS:
+                state[k] = v
+    return states

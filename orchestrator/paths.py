@@ -1,0 +1,57 @@
+"""Where orch keeps its files (SPEC section 2), and the permissions they get."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def home() -> Path:
+    return Path(os.environ.get("OPENCLAW_HOME") or Path.home() / ".openclaw").expanduser()
+
+
+def default_db() -> Path:
+    env = os.environ.get("ORCH_DB")
+    return Path(env).expanduser() if env else home() / "data" / "orchestrator.db"
+
+
+def default_socket() -> Path:
+    env = os.environ.get("ORCH_SOCKET")
+    return Path(env).expanduser() if env else home() / "run" / "orch.sock"
+
+
+def default_log_file() -> Path:
+    return home() / "logs" / "orchestrator.log"
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700.
+
+    Only directories orch creates are chmod-ed; an existing directory such as /tmp is
+    left as its owner set it.
+    """
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+
+
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist yet.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so creating
+    the database 0600 first keeps all three private whatever the umask.
+    """
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
+    os.close(fd)

@@ -1,0 +1,419 @@
+"""The lease rules. Every operation is a function ``op(tx, now, **params)``.
+
+Parameters arrive checked and normalised by ``validate.check``; times are epoch ms.
+Each function runs inside one transaction that its caller owns (the embedded API opens
+one per call, the daemon one per group of requests with a savepoint each) and appends
+its events in it, so a state change and its event are never apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from . import events as ev
+from .errors import Conflict, InvalidInput, LeaseLost, NotFound
+from .store import SCHEMA_VERSION, Rollback, Tx
+from .validate import DEFAULT_TTL_MS, STATUSES
+
+BACKOFF_BASE_MS = 1_000
+BACKOFF_CAP_MS = 300_000
+PARENT_KIND = {"goal": "session", "tool_execution": "goal"}
+HOLDER_KINDS = ("session", "goal")  # kinds whose lease covers their children
+JSON_COLUMNS = ("payload", "checkpoint", "result")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    token = secrets.token_urlsafe(18)
+    return token, hash_token(token)
+
+
+def backoff_ms(attempts: int) -> int:
+    """Exponential backoff with jitter: half fixed, half random, capped."""
+    ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** max(0, attempts - 1))
+    return ceiling // 2 + int(random.random() * (ceiling - ceiling // 2))
+
+
+def iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def public(row: dict) -> dict[str, Any]:
+    """An item as users see it: JSON values decoded, the token hash left out."""
+    out = {k: v for k, v in row.items() if k != "token_hash"}
+    for col in JSON_COLUMNS:
+        if out.get(col) is not None:
+            out[col] = json.loads(out[col])
+    out["cancel_requested"] = bool(out["cancel_requested"])
+    return out
+
+
+def attempts_left(row: dict) -> bool:
+    return row["max_attempts"] == 0 or row["attempts"] < row["max_attempts"]
+
+
+def get_row(tx: Tx, item_id: int) -> dict:
+    row = tx.one("item", {"id": item_id})
+    if row is None:
+        raise NotFound(f"item {item_id} not found", data={"item_id": item_id})
+    return row
+
+
+def held(tx: Tx, item_id: int, token: str, now: int) -> dict:
+    """The item, if ``token`` is its live claim; otherwise LEASE_LOST."""
+    row = get_row(tx, item_id)
+    if row["status"] != "running" or row["token_hash"] != hash_token(token):
+        raise LeaseLost(f"item {item_id}: the token is not its current claim "
+                        f"(item is {row['status']})",
+                        data={"item_id": item_id, "status": row["status"]})
+    if row["lease_expires_at"] <= now:
+        raise LeaseLost(f"item {item_id}: the lease expired at {iso(row['lease_expires_at'])}",
+                        data={"item_id": item_id, "status": row["status"]})
+    return row
+
+
+def emit(tx: Tx, now: int, row: dict, type_: str, fields: tuple[str, ...] = (),
+         **extra: Any) -> None:
+    detail = ev.state_of(row, fields)
+    detail.update(extra)
+    ev.append(tx, now, row["id"], type_, row["worker_id"], row["fence"], detail)
+
+
+def register_worker(tx: Tx, now: int, worker_id: str, expires: int) -> None:
+    tx.run("register_worker", {"worker_id": worker_id, "now": now, "expires": expires})
+
+
+def settle(tx: Tx, now: int, row: dict, status: str, *, run_after: int | None = None,
+           result: str | None = None, error: str | None = None, keep: bool = False) -> dict:
+    """Move an item out of its lease (or out of pending/unknown) to ``status``."""
+    return tx.one("settle", {
+        "id": row["id"], "now": now, "status": status,
+        "run_after": row["run_after"] if run_after is None else run_after,
+        "result": row["result"] if keep else result,
+        "error": row["error"] if keep else error,
+    })
+
+
+# --- submit ---------------------------------------------------------------------------
+
+
+def submit_task(tx: Tx, now: int, *, payload: str, queue: str, priority: int,
+                key: str | None, max_attempts: int | None, delay: int, kind: str,
+                parent_id: int | None, effect: str | None) -> dict:
+    if key is not None:
+        existing = tx.one("item_by_key", {"kind": kind, "queue": queue, "key": key})
+        if existing is not None:
+            return {**public(existing), "created": False}
+    want_parent = PARENT_KIND.get(kind)
+    if parent_id is not None:
+        parent = get_row(tx, parent_id)
+        if want_parent and parent["kind"] != want_parent:
+            raise InvalidInput(f"parent_id: a {kind}'s parent must be a {want_parent}, "
+                               f"item {parent_id} is a {parent['kind']}",
+                               data={"field": "parent_id"})
+    elif want_parent:
+        raise InvalidInput(f"parent_id: required for a {kind} (its {want_parent})",
+                           data={"field": "parent_id"})
+    if effect is None:
+        effect = "unsafe" if kind == "tool_execution" else "idempotent"
+    if max_attempts is None:
+        max_attempts = 0 if kind in HOLDER_KINDS else 3
+    row = tx.one("insert_item", {
+        "kind": kind, "queue": queue, "parent_id": parent_id, "key": key,
+        "payload": payload, "priority": priority, "max_attempts": max_attempts,
+        "run_after": now + delay, "effect": effect, "now": now,
+    })
+    emit(tx, now, row, "submitted", ev.SUBMITTED)
+    return {**public(row), "created": True}
+
+
+def submit_many(tx: Tx, now: int, *, items: list[dict]) -> list[dict]:
+    return [submit_task(tx, now, **params) for params in items]
+
+
+# --- claim ----------------------------------------------------------------------------
+
+
+def claim_task(tx: Tx, now: int, *, worker_id: str, queues: list[str], ttl: int,
+               kinds: list[str], item_id: int | None = None, wait: int = 0) -> dict | None:
+    """Claim the best claimable item, or ``item_id``; None when nothing is claimable.
+
+    ``wait`` is the caller's business (the embedded API polls, the daemon parks).
+    """
+    if item_id is not None:
+        row = get_row(tx, item_id)
+        if row["status"] == "running":
+            if row["lease_expires_at"] > now:
+                raise Conflict(
+                    f"item {item_id} is held by {row['worker_id']} until "
+                    f"{iso(row['lease_expires_at'])}",
+                    data={"item_id": item_id, "worker_id": row["worker_id"],
+                          "lease_expires_at": row["lease_expires_at"]})
+            take_over(tx, now, row, worker_id)
+        elif row["status"] != "pending":
+            raise Conflict(f"item {item_id} is {row['status']}: only a pending item or an "
+                           "expired lease can be claimed",
+                           data={"item_id": item_id, "status": row["status"]})
+        return claim_row(tx, now, item_id, worker_id, ttl)
+    best = None
+    for kind in kinds:
+        for queue in queues:
+            c = tx.one("next_claimable", {"kind": kind, "queue": queue, "now": now})
+            if c is not None and (best is None or (c["priority"], -c["id"])
+                                  > (best["priority"], -best["id"])):
+                best = c
+    if best is None:
+        return None
+    return claim_row(tx, now, best["id"], worker_id, ttl)
+
+
+def claim_row(tx: Tx, now: int, item_id: int, worker_id: str, ttl: int) -> dict:
+    fence = tx.one("next_fence")["value"]
+    token, token_hash = new_token()
+    row = tx.one("claim_item", {"id": item_id, "worker_id": worker_id, "fence": fence,
+                                "token_hash": token_hash, "ttl": ttl, "now": now})
+    register_worker(tx, now, worker_id, row["lease_expires_at"])
+    emit(tx, now, row, "claimed", ev.CLAIMED)
+    claim = public(row)
+    claim["token"] = token
+    claim["attempt"] = row["attempts"]
+    return claim
+
+
+def take_over(tx: Tx, now: int, row: dict, worker_id: str) -> None:
+    """Fence out the holder of an expired lease that recovery has not reached yet."""
+    emit(tx, now, row, "taken_over", by=worker_id, previous_worker=row["worker_id"],
+         previous_fence=row["fence"])
+    if row["kind"] in HOLDER_KINDS:
+        done: list[dict] = []
+        seen = {row["id"]}
+        for child in tx.all("running_children", {"id": row["id"]}):
+            if child["id"] not in seen:
+                expire(tx, now, child, "parent_taken_over", done, seen)
+
+
+# --- heartbeat ------------------------------------------------------------------------
+
+
+def heartbeat(tx: Tx, now: int, *, item_id: int | None, token: str | None,
+              ttl: int | None, worker_id: str | None) -> dict:
+    if item_id is not None:
+        if token is None or worker_id is not None:
+            raise InvalidInput("heartbeat: give item_id with token, or worker_id alone",
+                               data={"field": "token" if token is None else "worker_id"})
+        row = held(tx, item_id, token, now)
+        new = extend(tx, now, row, ttl)
+        register_worker(tx, now, new["worker_id"], new["lease_expires_at"])
+        return lease_view(new)
+    if worker_id is None or token is not None:
+        raise InvalidInput("heartbeat: give item_id with token, or worker_id alone",
+                           data={"field": "item_id"})
+    leases = [lease_view(extend(tx, now, row, ttl))
+              for row in tx.all("live_leases_of_worker", {"worker_id": worker_id, "now": now})]
+    expires = max((x["lease_expires_at"] for x in leases),
+                  default=now + (ttl or DEFAULT_TTL_MS))
+    register_worker(tx, now, worker_id, expires)
+    return {"worker_id": worker_id, "lease_expires_at": expires, "items": leases}
+
+
+def extend(tx: Tx, now: int, row: dict, ttl: int | None) -> dict:
+    new = tx.one("extend_lease", {"id": row["id"], "now": now,
+                                  "expires": now + (ttl or row["lease_ttl_ms"])})
+    emit(tx, now, new, "heartbeat", ev.HEARTBEAT)
+    return new
+
+
+def lease_view(row: dict) -> dict:
+    return {"id": row["id"], "fence": row["fence"], "lease_expires_at": row["lease_expires_at"],
+            "cancel_requested": bool(row["cancel_requested"])}
+
+
+# --- release --------------------------------------------------------------------------
+
+
+def release_task(tx: Tx, now: int, *, item_id: int, token: str, outcome: str,
+                 result: str | None, error: str | None, retry_in: int | None,
+                 no_retry: bool) -> dict:
+    row = held(tx, item_id, token, now)
+    run_after = None
+    if outcome in ("succeeded", "cancelled"):
+        status = outcome
+    elif row["cancel_requested"]:
+        status = "cancelled"  # the holder gave up after a cancel request: do not rerun
+    elif outcome == "requeue":
+        status, run_after = "pending", now + (retry_in or 0)
+    elif no_retry:
+        status = "failed"
+    elif attempts_left(row):
+        status = "pending"
+        run_after = now + (retry_in if retry_in is not None else backoff_ms(row["attempts"]))
+    else:
+        status = "dead"
+    new = settle(tx, now, row, status, run_after=run_after, result=result, error=error)
+    emit(tx, now, new, "released", ev.SETTLED, outcome=outcome)
+    return public(new)
+
+
+# --- recovery -------------------------------------------------------------------------
+
+
+def after_lost_lease(row: dict, now: int) -> tuple[str, int | None]:
+    if row["effect"] == "unsafe":
+        return "unknown", None  # its side effect may have happened: never rerun blindly
+    if row["cancel_requested"]:
+        return "cancelled", None
+    if attempts_left(row):
+        return "pending", now + backoff_ms(row["attempts"])
+    return "dead", None
+
+
+def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set[int]) -> None:
+    """Fence out a lost lease, then the running descendants it covered."""
+    seen.add(row["id"])
+    status, run_after = after_lost_lease(row, now)
+    new = settle(tx, now, row, status, run_after=run_after, keep=True)
+    emit(tx, now, new, "expired", ev.SETTLED, reason=reason)
+    done.append({"id": row["id"], "kind": row["kind"], "worker_id": row["worker_id"],
+                 "fence": row["fence"], "status": status, "reason": reason})
+    if row["kind"] in HOLDER_KINDS:
+        for child in tx.all("running_children", {"id": row["id"]}):
+            if child["id"] not in seen:
+                expire(tx, now, child, "parent_lease_lost", done, seen)
+
+
+def stale_recovery(tx: Tx, now: int, *, dry_run: bool = False) -> dict:
+    """Recover every expired lease; costs in proportion to what has expired."""
+    done: list[dict] = []
+    seen: set[int] = set()
+    for row in tx.all("expired_leases", {"now": now, "limit": -1}):
+        if row["id"] not in seen:
+            expire(tx, now, row, "lease_expired", done, seen)
+    result = {"recovered": done, "count": len(done), "dry_run": dry_run}
+    if dry_run:
+        raise Rollback(result)
+    return result
+
+
+# --- the rest of the lifecycle ----------------------------------------------------------
+
+
+def cancel_task(tx: Tx, now: int, *, item_id: int) -> dict:
+    row = get_row(tx, item_id)
+    if row["status"] == "pending":
+        new = settle(tx, now, row, "cancelled", keep=True)
+        emit(tx, now, new, "cancelled", ev.SETTLED)
+        return public(new)
+    if row["status"] == "running":
+        if row["cancel_requested"]:
+            return public(row)  # asked already: nothing new to record
+        new = tx.one("request_cancel", {"id": item_id, "now": now})
+        emit(tx, now, new, "cancel_requested", ev.CANCEL_REQUESTED)
+        return public(new)
+    hint = "; resolve it with orch resolve" if row["status"] == "unknown" else ""
+    raise Conflict(f"item {item_id} is {row['status']} and cannot be cancelled{hint}",
+                   data={"item_id": item_id, "status": row["status"]})
+
+
+def checkpoint(tx: Tx, now: int, *, item_id: int, token: str, data: str) -> dict:
+    held(tx, item_id, token, now)
+    new = tx.one("save_checkpoint", {"id": item_id, "checkpoint": data, "now": now})
+    emit(tx, now, new, "checkpoint", ev.CHECKPOINT, size=len(data.encode()))
+    return {"id": item_id, "fence": new["fence"], "checkpoint": json.loads(data)}
+
+
+def resolve_task(tx: Tx, now: int, *, item_id: int, outcome: str) -> dict:
+    row = get_row(tx, item_id)
+    if row["status"] != "unknown":
+        raise Conflict(f"item {item_id} is {row['status']}: only unknown items are resolved",
+                       data={"item_id": item_id, "status": row["status"]})
+    if outcome == "retry":
+        new = settle(tx, now, row, "pending", run_after=now, keep=True)
+    else:
+        new = settle(tx, now, row, outcome, keep=True)
+    emit(tx, now, new, "resolved", ev.SETTLED, outcome=outcome)
+    return public(new)
+
+
+# --- reads ----------------------------------------------------------------------------
+
+
+def get_task(tx: Tx, now: int, *, item_id: int) -> dict:
+    return public(get_row(tx, item_id))
+
+
+def list_tasks(tx: Tx, now: int, *, status: str | None, queue: str | None,
+               kind: str | None, limit: int) -> list[dict]:
+    rows = tx.all("list_items", {"status": status, "queue": queue, "kind": kind,
+                                 "limit": limit or -1})
+    return [public(r) for r in rows]
+
+
+def event_view(row: dict) -> dict:
+    return {**row, "detail": json.loads(row["detail"])}
+
+
+def list_events(tx: Tx, now: int, *, item_id: int | None, since: int, limit: int) -> list[dict]:
+    params = {"since": since, "limit": limit or -1, "item_id": item_id}
+    rows = tx.all("events_since" if item_id is None else "events_of_item", params)
+    return [event_view(r) for r in rows]
+
+
+def verify(tx: Tx, now: int, *, item_id: int, token: str) -> dict:
+    row = get_row(tx, item_id)
+    valid = (row["status"] == "running" and row["token_hash"] == hash_token(token)
+             and row["lease_expires_at"] > now)
+    return {"valid": valid, "fence": row["fence"], "status": row["status"]}
+
+
+def status(tx: Tx, now: int) -> dict:
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({r["status"]: r["n"] for r in tx.all("count_by_status")})
+    holding: dict[str, list[int]] = {}
+    for r in tx.all("running_by_worker"):
+        holding.setdefault(r["worker_id"], []).append(r["id"])
+    workers = [{**w, "holding": holding.get(w["worker_id"], [])}
+               for w in tx.all("live_workers", {"now": now})]
+    expired = [{"id": r["id"], "kind": r["kind"], "queue": r["queue"],
+                "worker_id": r["worker_id"], "fence": r["fence"],
+                "lease_expires_at": r["lease_expires_at"]}
+               for r in tx.all("expired_leases", {"now": now, "limit": 1000})]
+    return {"now": now, "counts": counts, "workers": workers, "expired_leases": expired,
+            "fence": tx.one("current_fence")["value"], "schema_version": SCHEMA_VERSION}
+
+
+def ping(tx: Tx, now: int) -> dict:
+    return {"pong": True, "now": now}
+
+
+#: operation name -> (function, writes?). The protocol's method names are these in
+#: camelCase; the Python API's methods are these names.
+OPERATIONS = {
+    "submit_task": (submit_task, True),
+    "submit_many": (submit_many, True),
+    "claim_task": (claim_task, True),
+    "heartbeat": (heartbeat, True),
+    "release_task": (release_task, True),
+    "stale_recovery": (stale_recovery, True),
+    "cancel_task": (cancel_task, True),
+    "checkpoint": (checkpoint, True),
+    "resolve_task": (resolve_task, True),
+    "get_task": (get_task, False),
+    "list_tasks": (list_tasks, False),
+    "list_events": (list_events, False),
+    "verify": (verify, False),
+    "status": (status, False),
+    "ping": (ping, False),
+}

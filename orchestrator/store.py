@@ -1,0 +1,264 @@
+"""Storage: the only module that talks to the database.
+
+The service layer (``rules``) names queries and builds their parameters; a store runs
+them inside transactions it owns. ``Store`` is the seam a PostgreSQL backend will
+implement beside :class:`SQLiteStore`, with its own ``queries.sql`` of the same names.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+import tenacity
+
+from . import paths
+from .errors import OrchError, SchemaTooNew, Unavailable
+
+T = TypeVar("T")
+
+
+def _sql_dir() -> Path:
+    # Installed: orchestrator/sql. From a source checkout: <repo>/sql.
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "queries.sql").is_file():
+            return candidate
+    raise RuntimeError(f"orch's SQL files are missing (looked in {here / 'sql'})")
+
+
+SQL_DIR = _sql_dir()
+_QUERY_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.M)
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a queries file into ``{name: sql}``; each query starts with ``-- name: x``."""
+    parts = _QUERY_HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise RuntimeError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+QUERIES = load_queries((SQL_DIR / "queries.sql").read_text())
+MIGRATIONS: list[tuple[int, str, str]] = sorted(
+    (int(p.name.split("_", 1)[0]), p.name, p.read_text())
+    for p in (SQL_DIR / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql")
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class Rollback(Exception):
+    """Raised by an operation to undo its writes but still return ``result`` (dry runs)."""
+
+    def __init__(self, result: Any):
+        super().__init__("rollback")
+        self.result = result
+
+
+class Tx:
+    """One transaction's access to the named queries."""
+
+    __slots__ = ("conn", "last_hash", "last_seq")
+
+    def __init__(self, conn: apsw.Connection):
+        self.conn = conn
+        # The event chain's head, cached for the transaction (see events.append).
+        self.last_hash: str | None = None
+        self.last_seq = 0
+
+    def one(self, name: str, params: dict | tuple = ()) -> dict | None:
+        # Read to the end so no statement is left half-run inside the transaction.
+        rows = self.conn.execute(QUERIES[name], params).fetchall()
+        return rows[0] if rows else None
+
+    def all(self, name: str, params: dict | tuple = ()) -> list[dict]:
+        return self.conn.execute(QUERIES[name], params).fetchall()
+
+    def run(self, name: str, params: dict | tuple = ()) -> None:
+        self.conn.execute(QUERIES[name], params).fetchall()
+
+    def run_many(self, name: str, seq_of_params) -> None:
+        self.conn.executemany(QUERIES[name], seq_of_params)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Nested transaction: an exception rolls back only what ran inside it."""
+        try:
+            with self.conn:
+                yield
+        except BaseException:
+            self.last_hash = None  # events appended inside were rolled back too
+            raise
+
+
+class Store(abc.ABC):
+    """A transactional home for items, workers, fences and the event log."""
+
+    @abc.abstractmethod
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one write transaction, retried whole while the database is busy."""
+
+    @abc.abstractmethod
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` against one consistent snapshot."""
+
+    @abc.abstractmethod
+    def backup(self, dest: Path) -> None:
+        """Write a consistent copy to ``dest`` while writers keep going."""
+
+    @abc.abstractmethod
+    def integrity_problems(self) -> list[str]:
+        """What the database's own integrity check reports (empty when healthy)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+
+def _dict_row(cursor: apsw.Cursor, row: tuple) -> dict:
+    return dict(zip([d[0] for d in cursor.get_description()], row))
+
+
+DEFAULT_BUSY_BUDGET_S = 10.0
+
+
+def open_connection(path: Path, *, synchronous: str = "full",
+                    busy_budget_s: float = DEFAULT_BUSY_BUDGET_S) -> apsw.Connection:
+    """Open (creating and migrating if needed) the database: the one place that does.
+
+    apsw.bestpractice's hooks are not used: they switch to WAL with a 100 ms busy
+    timeout before ours is set, which fails when many processes open a new file at once.
+    The same settings are applied here explicitly instead.
+    """
+    if synchronous not in ("full", "normal"):
+        raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
+    path = Path(path)
+    paths.ensure_private_file(path)
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        # A single attempt waits up to a quarter of the budget; tenacity retries the
+        # whole transaction for the rest.
+        conn.set_busy_timeout(max(1, int(busy_budget_s * 250)))
+        conn.transaction_mode = "IMMEDIATE"
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+        _retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
+        conn.row_trace = _dict_row
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: apsw.Connection, synchronous: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {version} is newer than this orch knows "
+            f"({SCHEMA_VERSION}); upgrade orch to open it"
+        )
+    mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+    if mode != "wal":
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    if version < SCHEMA_VERSION:
+        migrate(conn)
+
+
+def migrate(conn: apsw.Connection) -> None:
+    """Apply every migration newer than ``user_version``, each in its own transaction."""
+    for number, _name, script in MIGRATIONS:
+        with conn:  # IMMEDIATE: the version is re-read under the write lock
+            current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            if current >= number:
+                continue
+            conn.execute(script)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _retry_busy(fn: Callable[[], T], budget_s: float) -> T:
+    try:
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(apsw.BusyError),
+            stop=tenacity.stop_after_delay(budget_s),
+            wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.25),
+            reraise=True,
+        ):
+            with attempt:
+                return fn()
+    except apsw.BusyError as exc:
+        raise Unavailable(f"database is busy (gave up after {budget_s:g} s)") from exc
+    raise AssertionError("unreachable")
+
+
+class SQLiteStore(Store):
+    """The SQLite backend: one APSW connection, used from one thread."""
+
+    def __init__(self, path: Path, *, synchronous: str = "full",
+                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
+        self.path = Path(path)
+        self.busy_budget_s = busy_budget_s
+        try:
+            self.conn = open_connection(self.path, synchronous=synchronous,
+                                        busy_budget_s=busy_budget_s)
+        except apsw.Error as exc:
+            raise Unavailable(f"cannot open database {self.path}: {exc}") from exc
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        def attempt() -> T:
+            try:
+                with self.conn:
+                    return fn(Tx(self.conn))
+            except Rollback as rb:
+                return rb.result
+
+        return self._guard(lambda: _retry_busy(attempt, self.busy_budget_s))
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        def attempt() -> T:
+            self.conn.execute("BEGIN DEFERRED")
+            try:
+                return fn(Tx(self.conn))
+            finally:
+                self.conn.execute("COMMIT")
+
+        return self._guard(lambda: _retry_busy(attempt, self.busy_budget_s))
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except OrchError:
+            raise
+        except (apsw.FullError, apsw.IOError, apsw.CantOpenError, apsw.ReadOnlyError) as exc:
+            raise Unavailable(f"database unavailable: {exc}") from exc
+
+    def backup(self, dest: Path) -> None:
+        dest = Path(dest)
+        paths.ensure_private_file(dest)
+        target = apsw.Connection(str(dest))
+        try:
+            with target.backup("main", self.conn, "main") as b:
+                while not b.done:
+                    b.step(256)
+        finally:
+            target.close()
+
+    def integrity_problems(self) -> list[str]:
+        rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+        problems = [r["integrity_check"] for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    def checkpoint_wal(self) -> None:
+        self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+    def close(self) -> None:
+        self.conn.close()

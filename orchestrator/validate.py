@@ -1,0 +1,303 @@
+"""Input checking for every operation, shared by the Python API, the CLI and the daemon.
+
+Each operation declares its parameters once; ``check(op, params)`` returns them
+normalised (JSON values as canonical text, seconds as milliseconds) or raises
+``InvalidInput`` / ``LimitExceeded`` naming the field and the limit. Nothing is written
+before a request has passed here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InvalidInput, LimitExceeded
+
+MAX_VALUE_BYTES = 1 << 20  # payload, result, checkpoint, input, error
+MAX_DEPTH = 64
+MAX_KEY_BYTES = 512
+MAX_TTL_S = 86_400
+MAX_DELAY_S = 10 * 365 * 86_400
+MAX_WORKER_CHARS = 128
+DEFAULT_TTL_MS = 30_000
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+KINDS = ("task", "session", "goal", "tool_execution")
+EFFECTS = ("idempotent", "unsafe")
+STATUSES = ("pending", "running", "succeeded", "failed", "dead", "cancelled", "unknown")
+OUTCOMES = ("succeeded", "failed", "cancelled", "requeue")
+RESOLUTIONS = ("succeeded", "failed", "retry", "cancelled")
+_QUEUE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+REQUIRED = object()
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            d += 1
+            stack.extend((x, d) for x in v.values())
+        elif isinstance(v, list | tuple):
+            d += 1
+            stack.extend((x, d) for x in v)
+        else:
+            continue
+        if d > deepest:
+            deepest = d
+            if d > MAX_DEPTH:  # stop early on hostile input
+                return d
+    return deepest
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_json_text(field: str, text: str) -> Any:
+    """Parse JSON given as text (CLI flags, files), with the limits applied first."""
+    if len(text.encode()) > MAX_VALUE_BYTES:
+        raise LimitExceeded(f"{field}: JSON text is over {MAX_VALUE_BYTES} bytes",
+                            data={"field": field, "limit": MAX_VALUE_BYTES})
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LimitExceeded(f"{field}: JSON is nested deeper than {MAX_DEPTH} levels",
+                            data={"field": field, "limit": MAX_DEPTH}) from None
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: not valid JSON ({exc})", data={"field": field}) from None
+
+
+# --- field checkers: (field name, raw value) -> normalised value ---------------------
+
+
+def json_value(field: str, v: Any) -> str:
+    if json_depth(v) > MAX_DEPTH:
+        raise LimitExceeded(f"{field}: JSON is nested deeper than {MAX_DEPTH} levels",
+                            data={"field": field, "limit": MAX_DEPTH})
+    try:
+        text = dump_json(v)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field}: not a JSON value ({exc})", data={"field": field}) from None
+    if len(text.encode()) > MAX_VALUE_BYTES:
+        raise LimitExceeded(f"{field}: JSON text is over {MAX_VALUE_BYTES} bytes",
+                            data={"field": field, "limit": MAX_VALUE_BYTES})
+    return text
+
+
+def _type_error(field: str, what: str, v: Any) -> InvalidInput:
+    return InvalidInput(f"{field}: expected {what}, got {type(v).__name__}",
+                        data={"field": field})
+
+
+def integer(lo: int = INT64[0], hi: int = INT64[1]) -> Callable[[str, Any], int]:
+    def check(field: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _type_error(field, "an integer", v)
+        if not lo <= v <= hi:
+            raise LimitExceeded(f"{field}: must be between {lo} and {hi}",
+                                data={"field": field, "limit": [lo, hi]})
+        return v
+    return check
+
+
+item_id = integer(1)
+
+
+def seconds(hi: float, *, positive: bool = False) -> Callable[[str, Any], int]:
+    """Seconds (fractions allowed) in (0, hi] or [0, hi], returned as milliseconds."""
+    def check(field: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise _type_error(field, "a number of seconds", v)
+        low_ok = v > 0 if positive else v >= 0
+        if not low_ok or v > hi:
+            bounds = f"({0}, {hi:g}]" if positive else f"[0, {hi:g}]"
+            raise LimitExceeded(f"{field}: must be in {bounds} seconds",
+                                data={"field": field, "limit": hi})
+        ms = round(v * 1000)
+        return max(ms, 1) if positive else ms
+    return check
+
+
+ttl = seconds(MAX_TTL_S, positive=True)
+delay = seconds(MAX_DELAY_S)
+
+
+def boolean(field: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _type_error(field, "true or false", v)
+    return v
+
+
+def text(max_bytes: int) -> Callable[[str, Any], str]:
+    def check(field: str, v: Any) -> str:
+        if not isinstance(v, str):
+            raise _type_error(field, "a string", v)
+        if not v:
+            raise InvalidInput(f"{field}: must not be empty", data={"field": field})
+        if len(v.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise LimitExceeded(f"{field}: over {max_bytes} bytes of UTF-8",
+                                data={"field": field, "limit": max_bytes})
+        return v
+    return check
+
+
+key = text(MAX_KEY_BYTES)
+token = text(MAX_KEY_BYTES)
+error_text = text(MAX_VALUE_BYTES)
+
+
+def worker(field: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise _type_error(field, "a string", v)
+    if not 1 <= len(v) <= MAX_WORKER_CHARS or _CONTROL.search(v):
+        raise InvalidInput(f"{field}: must be 1 to {MAX_WORKER_CHARS} characters, "
+                           "no control characters", data={"field": field})
+    return v
+
+
+def queue(field: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise _type_error(field, "a string", v)
+    if not _QUEUE.match(v):
+        raise InvalidInput(f"{field}: {v[:64]!r} is not a queue name "
+                           "(1 to 128 of A-Z a-z 0-9 . _ : -)", data={"field": field})
+    return v
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(field: str, v: Any) -> str:
+        if v not in options or not isinstance(v, str):
+            raise InvalidInput(f"{field}: must be one of {', '.join(options)}",
+                               data={"field": field})
+        return v
+    return check
+
+
+def list_of(inner: Callable[[str, Any], Any], max_len: int = 64) -> Callable[[str, Any], list]:
+    def check(field: str, v: Any) -> list:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list | tuple):
+            raise _type_error(field, "a list", v)
+        if not 1 <= len(v) <= max_len:
+            raise LimitExceeded(f"{field}: give 1 to {max_len} values",
+                                data={"field": field, "limit": max_len})
+        return list(dict.fromkeys(inner(field, x) for x in v))
+    return check
+
+
+def optional(inner: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def check(field: str, v: Any) -> Any:
+        return None if v is None else inner(field, v)
+    return check
+
+
+# --- the parameters of every operation ------------------------------------------------
+
+SUBMIT = {
+    "payload": (json_value, "null"),  # defaults are given normalised
+    "queue": (queue, "default"),
+    "priority": (integer(), 0),
+    "key": (optional(key), None),
+    "max_attempts": (optional(integer(0, 1_000_000)), None),
+    "delay": (delay, 0),
+    "kind": (choice(KINDS), "task"),
+    "parent_id": (optional(item_id), None),
+    "effect": (optional(choice(EFFECTS)), None),
+}
+
+PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
+    "submit_task": SUBMIT,
+    "claim_task": {
+        "worker_id": (worker, REQUIRED),
+        "queues": (list_of(queue), ["default"]),
+        "ttl": (ttl, DEFAULT_TTL_MS),
+        "kinds": (list_of(choice(KINDS)), ["task"]),
+        "item_id": (optional(item_id), None),
+        "wait": (delay, 0),
+    },
+    "heartbeat": {
+        "item_id": (optional(item_id), None),
+        "token": (optional(token), None),
+        "ttl": (optional(ttl), None),
+        "worker_id": (optional(worker), None),
+    },
+    "release_task": {
+        "item_id": (item_id, REQUIRED),
+        "token": (token, REQUIRED),
+        "outcome": (choice(OUTCOMES), REQUIRED),
+        "result": (json_value, None),
+        "error": (optional(error_text), None),
+        "retry_in": (optional(delay), None),
+        "no_retry": (boolean, False),
+    },
+    "stale_recovery": {"dry_run": (boolean, False)},
+    "cancel_task": {"item_id": (item_id, REQUIRED)},
+    "checkpoint": {
+        "item_id": (item_id, REQUIRED),
+        "token": (token, REQUIRED),
+        "data": (json_value, REQUIRED),
+    },
+    "resolve_task": {
+        "item_id": (item_id, REQUIRED),
+        "outcome": (choice(RESOLUTIONS), REQUIRED),
+    },
+    "get_task": {"item_id": (item_id, REQUIRED)},
+    "list_tasks": {
+        "status": (optional(choice(STATUSES)), None),
+        "queue": (optional(queue), None),
+        "kind": (optional(choice(KINDS)), None),
+        "limit": (integer(0, 1_000_000_000), 100),
+    },
+    "list_events": {
+        "item_id": (optional(item_id), None),
+        "since": (integer(0), 0),
+        "limit": (integer(0, 1_000_000_000), 1000),
+    },
+    "verify": {"item_id": (item_id, REQUIRED), "token": (token, REQUIRED)},
+    "status": {},
+    "ping": {},
+}
+
+MAX_BATCH = 10_000
+
+
+def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` for operation ``op``; return them normalised, defaults filled."""
+    if op == "submit_many":
+        items = params.get("items")
+        if set(params) - {"items"} or not isinstance(items, list):
+            raise InvalidInput("items: expected a list of submit parameters",
+                               data={"field": "items"})
+        if len(items) > MAX_BATCH:
+            raise LimitExceeded(f"items: at most {MAX_BATCH} per call",
+                                data={"field": "items", "limit": MAX_BATCH})
+        return {"items": [check("submit_task", p) if isinstance(p, dict)
+                          else _not_object(f"items[{i}]") for i, p in enumerate(items)]}
+    spec = PARAMS[op]
+    unknown = set(params) - set(spec)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
+    out = {}
+    for name, (checker, default) in spec.items():
+        v = params.get(name)
+        if v is None:
+            if default is REQUIRED:
+                raise InvalidInput(f"{name}: required", data={"field": name})
+            out[name] = list(default) if isinstance(default, list) else default
+        else:
+            out[name] = checker(name, v)
+    return out
+
+
+def _not_object(field: str):
+    raise InvalidInput(f"{field}: expected an object", data={"field": field})

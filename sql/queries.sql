@@ -1,0 +1,123 @@
+-- Every query orch runs, by name. Loaded once by orchestrator/store.py; parameters are
+-- always bound (:name), never formatted in.
+
+-- name: item
+SELECT * FROM items WHERE id = :id;
+
+-- name: item_by_key
+SELECT * FROM items WHERE kind = :kind AND queue = :queue AND key = :key;
+
+-- name: insert_item
+INSERT INTO items (kind, queue, parent_id, key, payload, priority, status, attempts,
+                   max_attempts, run_after, effect, created_at, updated_at)
+VALUES (:kind, :queue, :parent_id, :key, :payload, :priority, 'pending', 0,
+        :max_attempts, :run_after, :effect, :now, :now)
+RETURNING *;
+
+-- name: next_claimable
+-- The best pending item of one kind in one queue: one ordered probe of items_claimable.
+SELECT id, priority FROM items INDEXED BY items_claimable
+WHERE status = 'pending' AND kind = :kind AND queue = :queue AND run_after <= :now
+ORDER BY priority DESC, id
+LIMIT 1;
+
+-- name: next_fence
+UPDATE fence_counter SET value = value + 1 WHERE id = 1 RETURNING value;
+
+-- name: current_fence
+SELECT value FROM fence_counter WHERE id = 1;
+
+-- name: claim_item
+UPDATE items
+SET status = 'running', attempts = attempts + 1, worker_id = :worker_id, fence = :fence,
+    token_hash = :token_hash, lease_ttl_ms = :ttl, lease_expires_at = :now + :ttl,
+    heartbeat_at = :now, cancel_requested = 0, updated_at = :now
+WHERE id = :id
+RETURNING *;
+
+-- name: register_worker
+INSERT INTO workers (worker_id, first_seen, last_seen, lease_expires_at)
+VALUES (:worker_id, :now, :now, :expires)
+ON CONFLICT (worker_id) DO UPDATE
+SET last_seen = excluded.last_seen,
+    lease_expires_at = max(lease_expires_at, excluded.lease_expires_at);
+
+-- name: extend_lease
+UPDATE items SET lease_expires_at = :expires, heartbeat_at = :now, updated_at = :now
+WHERE id = :id
+RETURNING *;
+
+-- name: live_leases_of_worker
+SELECT * FROM items INDEXED BY items_holder
+WHERE status = 'running' AND worker_id = :worker_id AND lease_expires_at > :now
+ORDER BY id;
+
+-- name: settle
+-- Any move out of a lease (release, recovery, cancel, resolve): the lease is dropped,
+-- worker_id and fence stay to name the last holder.
+UPDATE items
+SET status = :status, run_after = :run_after, result = :result, error = :error,
+    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :now
+WHERE id = :id
+RETURNING *;
+
+-- name: request_cancel
+UPDATE items SET cancel_requested = 1, updated_at = :now WHERE id = :id RETURNING *;
+
+-- name: save_checkpoint
+UPDATE items SET checkpoint = :checkpoint, updated_at = :now WHERE id = :id RETURNING *;
+
+-- name: expired_leases
+SELECT * FROM items INDEXED BY items_lease
+WHERE status = 'running' AND lease_expires_at <= :now
+ORDER BY lease_expires_at, id
+LIMIT :limit;
+
+-- name: running_children
+SELECT * FROM items INDEXED BY items_parent
+WHERE parent_id = :id AND status = 'running'
+ORDER BY id;
+
+-- name: children
+SELECT * FROM items INDEXED BY items_parent WHERE parent_id = :id ORDER BY id;
+
+-- name: list_items
+SELECT * FROM items
+WHERE (:status IS NULL OR status = :status)
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:kind IS NULL OR kind = :kind)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM items GROUP BY status;
+
+-- name: running_by_worker
+SELECT worker_id, id FROM items INDEXED BY items_holder
+WHERE status = 'running'
+ORDER BY worker_id, id;
+
+-- name: live_workers
+SELECT * FROM workers WHERE lease_expires_at > :now ORDER BY worker_id;
+
+-- name: last_event
+SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1;
+
+-- name: insert_event
+INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash)
+VALUES (:seq, :at, :item_id, :type, :worker_id, :fence, :detail, :prev_hash, :hash);
+
+-- name: events_since
+SELECT * FROM event_log WHERE seq > :since ORDER BY seq LIMIT :limit;
+
+-- name: events_of_item
+SELECT * FROM event_log INDEXED BY event_log_item
+WHERE item_id = :item_id AND seq > :since
+ORDER BY seq
+LIMIT :limit;
+
+-- name: all_items
+SELECT * FROM items ORDER BY id;
+
+-- name: all_events
+SELECT * FROM event_log ORDER BY seq;
