@@ -1,0 +1,565 @@
+"""The ``orch`` command line: a thin edge over the operations.
+
+Each command parses its flags, calls one operation on a backend (the daemon when its
+socket answers, else the database opened here) and prints the result: aligned text for
+people, one JSON document with ``--json``. Errors become one ``orch: error: …`` line
+and the exit code that ``errors.CODES`` gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
+from .rules import iso
+from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
+
+# --- options every command accepts, before or after its name ---------------------------
+
+
+class Settings:
+    def __init__(self) -> None:
+        self.db: Path | None = None
+        self.socket: Path | None = None
+        self.json = False
+        self._backend = None
+
+    def backend(self):
+        """The daemon's client if its socket answers, else the database opened here."""
+        if self._backend is None:
+            from .api import Orchestrator
+
+            self._backend = Orchestrator(self.db, busy_budget_s=_busy_budget())
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+
+def _busy_budget() -> float:
+    raw = os.environ.get("ORCH_BUSY_TIMEOUT")
+    try:
+        return float(raw) if raw else 10.0
+    except ValueError:
+        raise click.UsageError(f"ORCH_BUSY_TIMEOUT: not a number of seconds: {raw!r}") from None
+
+
+def _set(attr: str, convert: Callable[[Any], Any] = lambda v: v):
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None and value is not False:
+            setattr(ctx.ensure_object(Settings), attr, convert(value))
+    return callback
+
+
+def common(fn: Callable) -> Callable:
+    """--db, --socket and --json, accepted on the group and on every command."""
+    fn = click.option("--json", "as_json", is_flag=True, expose_value=False,
+                      callback=_set("json"), help="One JSON document on stdout.")(fn)
+    fn = click.option("--socket", type=click.Path(dir_okay=False), expose_value=False,
+                      callback=_set("socket", Path),
+                      help="Daemon socket [env ORCH_SOCKET].")(fn)
+    fn = click.option("--db", type=click.Path(dir_okay=False), expose_value=False,
+                      callback=_set("db", Path),
+                      help="Database file [env ORCH_DB].")(fn)
+    return fn
+
+
+def settings() -> Settings:
+    return click.get_current_context().ensure_object(Settings)
+
+
+def command(group: click.Group, name: str | None = None, **kw: Any):
+    """A subcommand with the common options, whose return value is the exit code."""
+    def wrap(fn: Callable) -> click.Command:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> int:
+            return fn(*args, **kwargs) or 0
+        return group.command(name, **kw)(common(run))
+    return wrap
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=None, separators=(",", ":")))
+
+
+def out(value: Any, text: Callable[[Any], str] | str) -> None:
+    if settings().json:
+        emit_json(value)
+    else:
+        click.echo(text(value) if callable(text) else text)
+
+
+def until(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    delta = (ms - int(time.time() * 1000)) / 1000
+    rel = f"in {delta:.1f} s" if delta >= 0 else f"{-delta:.1f} s ago"
+    return f"{iso(ms)} ({rel})"
+
+
+def aligned(pairs: list[tuple[str, Any]]) -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs)
+
+
+def compact(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "-"
+    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def item_text(item: dict) -> str:
+    pairs = [(k, item[k]) for k in ("id", "kind", "queue", "status")]
+    pairs += [
+        ("priority", item["priority"]),
+        ("attempts", f"{item['attempts']} of {item['max_attempts'] or 'unlimited'}"),
+        ("effect", item["effect"]),
+        ("parent_id", item["parent_id"] or "-"),
+        ("key", item["key"] or "-"),
+        ("run_after", until(item["run_after"]) if item["status"] == "pending" else "-"),
+        ("worker_id", item["worker_id"] or "-"),
+        ("fence", item["fence"] if item["fence"] is not None else "-"),
+        ("lease_expires_at", until(item["lease_expires_at"])),
+        ("heartbeat_at", iso(item["heartbeat_at"])),
+        ("cancel_requested", "yes" if item["cancel_requested"] else "no"),
+        ("created_at", iso(item["created_at"])),
+        ("updated_at", iso(item["updated_at"])),
+        ("payload", compact(item["payload"], 200)),
+        ("checkpoint", compact(item["checkpoint"], 200)),
+        ("result", compact(item["result"], 200)),
+        ("error", item["error"] or "-"),
+    ]
+    return aligned(pairs)
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[("-" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def json_arg(field: str, text: str | None) -> Any:
+    return None if text is None else parse_json_text(field, text)
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="orch")
+@common
+def cli() -> None:
+    """orch: leases on work for local AI agents, kept in one SQLite file.
+
+    \b
+    Example:
+      id=$(orch submit --payload '{"url": "https://example.org"}' --json | jq .id)
+      orch claim --worker w1 --ttl 60
+    """
+
+
+@command(cli)
+def init() -> int:
+    """Create (or migrate) the database and show where it is.
+
+    \b
+    Example:
+      orch init --db /tmp/orch.db
+    """
+    from .api import Orchestrator
+
+    s = settings()
+    with Orchestrator(s.db, busy_budget_s=_busy_budget()) as orch:
+        st = orch.status()
+        info = {"db": str(orch.db_path), "schema_version": st["schema_version"]}
+    out(info, lambda i: f"database ready: {i['db']} (schema {i['schema_version']})")
+    return 0
+
+
+@command(cli)
+@click.option("--queue", default=None, help="Queue name (default: default).")
+@click.option("--payload", default=None, help="The work's input, as JSON.")
+@click.option("--payload-file", type=click.File("r"), default=None,
+              help="Read the payload JSON from a file, or - for stdin.")
+@click.option("--priority", type=int, default=None, help="Higher is claimed first.")
+@click.option("--key", default=None, help="Idempotency key: unique per kind and queue.")
+@click.option("--max-attempts", type=int, default=None, help="Claims allowed (0: no limit).")
+@click.option("--delay", type=float, default=None, help="Seconds before it can be claimed.")
+@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--parent", "parent_id", type=int, default=None, help="Parent item id.")
+@click.option("--effect", type=click.Choice(EFFECTS), default=None,
+              help="idempotent: retried after a lost lease; unsafe: never blindly.")
+def submit(queue, payload, payload_file, priority, key, max_attempts, delay, kind,
+           parent_id, effect) -> int:
+    """Add a work item.
+
+    \b
+    Example:
+      orch submit --queue crawl --payload '{"url": "https://example.org"}' --key page-1
+    """
+    if payload is not None and payload_file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    text = payload_file.read() if payload_file is not None else payload
+    item = settings().backend().submit_task(
+        json_arg("payload", text), queue=queue, priority=priority, key=key,
+        max_attempts=max_attempts, delay=delay, kind=kind, parent_id=parent_id, effect=effect)
+    out(item, lambda i: (f"{'submitted' if i['created'] else 'exists'}: item {i['id']} "
+                         f"({i['kind']}, queue {i['queue']}, {i['status']})"))
+    return 0
+
+
+@command(cli)
+@click.option("--worker", "worker_id", required=True, help="Who is claiming.")
+@click.option("--queue", "queues", multiple=True, help="Queue(s) to take from (default: default).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
+              help="Kind(s) to take (default: task).")
+@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+@click.option("--item", "item_id", type=int, default=None,
+              help="Claim this item (or take over its expired lease).")
+@click.option("--wait", type=float, default=None, help="Seconds to wait for an item.")
+def claim(worker_id, queues, kinds, ttl, item_id, wait) -> int:
+    """Claim the best claimable item; prints the claim as JSON (exit 3: nothing to claim).
+
+    \b
+    Example:
+      orch claim --worker w1 --queue crawl --ttl 60 --wait 30
+    """
+    got = settings().backend().claim_task(worker_id, list(queues) or None, ttl=ttl,
+                                          kinds=list(kinds) or None, item_id=item_id, wait=wait)
+    if got is None:
+        click.echo("orch: nothing to claim", err=True)
+        return EXIT_NOTHING_TO_CLAIM
+    emit_json(got)
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int, required=False)
+@click.option("--token", default=None, help="The claim's token.")
+@click.option("--worker", "worker_id", default=None, help="Extend all of this worker's leases.")
+@click.option("--ttl", type=float, default=None, help="New lease length from now, seconds.")
+def heartbeat(item_id, token, worker_id, ttl) -> int:
+    """Extend a lease (ID --token T), or every lease of a worker (--worker W).
+
+    \b
+    Example:
+      orch heartbeat 42 --token "$token" --ttl 60
+    """
+    if (item_id is None) == (worker_id is None):
+        raise click.UsageError("give ID --token T, or --worker W")
+    if item_id is not None and token is None:
+        raise click.UsageError("--token is required with an item ID")
+    r = settings().backend().heartbeat(item_id, token, ttl=ttl, worker_id=worker_id)
+
+    def text(r: dict) -> str:
+        if "items" not in r:
+            cancel = "; cancel requested" if r["cancel_requested"] else ""
+            return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
+        lines = [f"worker {r['worker_id']}: {len(r['items'])} lease(s) extended"]
+        lines += [f"  item {x['id']}: until {until(x['lease_expires_at'])}"
+                  + ("; cancel requested" if x["cancel_requested"] else "") for x in r["items"]]
+        return "\n".join(lines)
+    out(r, text)
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+@click.option("--token", required=True, help="The claim's token.")
+@click.option("--outcome", required=True, type=click.Choice(OUTCOMES))
+@click.option("--result", default=None, help="What the work produced, as JSON.")
+@click.option("--error", default=None, help="What went wrong.")
+@click.option("--retry-in", type=float, default=None, help="Seconds before a retry.")
+@click.option("--no-retry", is_flag=True, default=False, help="A failure is final.")
+def release(item_id, token, outcome, result, error, retry_in, no_retry) -> int:
+    """End a claim with an outcome.
+
+    \b
+    Example:
+      orch release 42 --token "$token" --outcome succeeded --result '{"pages": 3}'
+    """
+    item = settings().backend().release_task(
+        item_id, token, outcome, result=json_arg("result", result), error=error,
+        retry_in=retry_in, no_retry=no_retry or None)
+
+    def text(i: dict) -> str:
+        s = f"item {i['id']}: {i['status']}"
+        if i["status"] == "pending":
+            s += f", claimable {until(i['run_after'])}"
+        return s
+    out(item, text)
+    return 0
+
+
+@command(cli)
+@click.option("--dry-run", is_flag=True, default=False, help="Say what would happen only.")
+def recover(dry_run) -> int:
+    """Recover expired leases (run it from cron; safe beside the daemon).
+
+    \b
+    Example:
+      * * * * * orch recover
+    """
+    r = settings().backend().stale_recovery(dry_run=dry_run or None)
+
+    def text(r: dict) -> str:
+        verb = "would recover" if r["dry_run"] else "recovered"
+        lines = [f"{verb} {r['count']} item(s)"]
+        lines += [f"  item {x['id']} ({x['kind']}, {x['worker_id']}, fence {x['fence']}): "
+                  f"-> {x['status']} [{x['reason']}]" for x in r["recovered"]]
+        return "\n".join(lines)
+    out(r, text)
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+def cancel(item_id) -> int:
+    """Cancel a pending item, or ask a running item's holder to stop.
+
+    \b
+    Example:
+      orch cancel 42
+    """
+    item = settings().backend().cancel_task(item_id)
+    out(item, lambda i: f"item {i['id']}: cancel requested, the holder sees it on its next "
+        "heartbeat" if i["status"] == "running" else f"item {i['id']}: {i['status']}")
+    return 0
+
+
+@command(cli, "checkpoint")
+@click.argument("item_id", type=int)
+@click.option("--token", required=True, help="The claim's token.")
+@click.option("--data", required=True, help="Progress, as JSON.")
+def checkpoint_cmd(item_id, token, data) -> int:
+    """Store progress for the next holder.
+
+    \b
+    Example:
+      orch checkpoint 42 --token "$token" --data '{"page": 7}'
+    """
+    r = settings().backend().checkpoint(item_id, token, json_arg("data", data))
+    out(r, lambda r: f"item {r['id']}: checkpoint saved")
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+@click.option("--outcome", required=True, type=click.Choice(RESOLUTIONS))
+def resolve(item_id, outcome) -> int:
+    """Settle an item whose status is unknown.
+
+    \b
+    Example:
+      orch resolve 42 --outcome retry
+    """
+    item = settings().backend().resolve_task(item_id, outcome)
+    out(item, lambda i: f"item {i['id']}: {i['status']}")
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+@click.option("--token", required=True, help="The token to check.")
+def verify(item_id, token) -> int:
+    """Is this token the item's live claim? (exit 4 when not)
+
+    \b
+    Example:
+      orch verify 42 --token "$token" && do-the-side-effect
+    """
+    r = settings().backend().verify(item_id, token)
+    out(r, lambda r: f"{'valid' if r['valid'] else 'not valid'}: item {item_id} is "
+        f"{r['status']}, fence {r['fence']}")
+    return 0 if r["valid"] else exit_code(LeaseLost())
+
+
+@command(cli)
+def status() -> int:
+    """Counts by status, live workers and what they hold, expired leases.
+
+    \b
+    Example:
+      orch status
+    """
+    st = settings().backend().status()
+
+    def text(st: dict) -> str:
+        lines = ["items:  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items())]
+        lines.append(f"fence:  {st['fence']}")
+        lines.append(f"workers ({len(st['workers'])} live):")
+        rows = [[w["worker_id"], until(w["lease_expires_at"]),
+                 ",".join(map(str, w["holding"])) or "-"] for w in st["workers"]]
+        if rows:
+            lines.append(_indent(table(rows, ["worker", "registered until", "holding"])))
+        lines.append(f"expired leases not yet recovered: {len(st['expired_leases'])}")
+        rows = [[x["id"], x["kind"], x["queue"], x["worker_id"], x["fence"],
+                 until(x["lease_expires_at"])] for x in st["expired_leases"]]
+        if rows:
+            lines.append(_indent(table(rows, ["id", "kind", "queue", "worker", "fence",
+                                              "expired"])))
+        return "\n".join(lines)
+    out(st, text)
+    return 0
+
+
+def _indent(s: str) -> str:
+    return "\n".join("  " + line for line in s.splitlines())
+
+
+@command(cli, "ls")
+@click.option("--status", "status_", type=click.Choice(STATUSES), default=None)
+@click.option("--queue", default=None)
+@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--limit", type=int, default=None, help="Default 100; 0 for all.")
+def ls(status_, queue, kind, limit) -> int:
+    """List items, newest first.
+
+    \b
+    Example:
+      orch ls --status running
+    """
+    items = settings().backend().list_tasks(status_, queue, kind, limit)
+    out(items, lambda items: table(
+        [[i["id"], i["kind"], i["queue"], i["status"], i["priority"],
+          f"{i['attempts']}/{i['max_attempts'] or '-'}", i["worker_id"], i["fence"],
+          i["key"], compact(i["payload"], 40)] for i in items],
+        ["id", "kind", "queue", "status", "prio", "tries", "worker", "fence", "key",
+         "payload"]))
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+def show(item_id) -> int:
+    """Show one item (never its token).
+
+    \b
+    Example:
+      orch show 42 --json
+    """
+    out(settings().backend().get_task(item_id), item_text)
+    return 0
+
+
+def event_line(e: dict) -> str:
+    return "  ".join([str(e["seq"]), iso(e["at"]), f"item {e['item_id']}", e["type"],
+                      e["worker_id"] or "-", f"fence {e['fence']}" if e["fence"] else "-",
+                      compact(e["detail"], 120)])
+
+
+@command(cli)
+@click.option("--item", "item_id", type=int, default=None, help="Only this item's events.")
+@click.option("--since", type=int, default=None, help="Events after this sequence number.")
+@click.option("--follow", is_flag=True, default=False, help="Keep printing new events.")
+def events(item_id, since, follow) -> int:
+    """Print the event log, oldest first.
+
+    \b
+    Example:
+      orch events --follow --json
+    """
+    backend = settings().backend()
+    as_json = settings().json
+    since = since or 0
+    while True:
+        batch = backend.list_events(item_id, since, 1000)
+        if not follow and as_json:
+            emit_json(batch)
+            return 0
+        for e in batch:
+            click.echo(json.dumps(e, ensure_ascii=False) if as_json else event_line(e))
+        since = batch[-1]["seq"] if batch else since
+        if not follow:
+            return 0
+        if len(batch) < 1000:
+            time.sleep(0.5)
+
+
+@command(cli)
+def doctor() -> int:
+    """Check integrity, the event hash chain, and that the rows equal the log's replay.
+
+    \b
+    Example:
+      orch doctor || echo "the file needs attention"
+    """
+    from .api import Orchestrator
+
+    with Orchestrator(settings().db, busy_budget_s=_busy_budget()) as orch:
+        report = orch.doctor()
+
+    def text(r: dict) -> str:
+        head = (f"ok: {r['items']} items, {r['events']} events, chain and replay agree"
+                if r["ok"] else f"{len(r['problems'])} problem(s):")
+        return "\n".join([head] + [f"  {p}" for p in r["problems"]])
+    out(report, text)
+    return 0 if report["ok"] else 1
+
+
+@command(cli)
+@click.argument("dest", type=click.Path(dir_okay=False))
+def backup(dest) -> int:
+    """Copy the database consistently while writers keep going.
+
+    \b
+    Example:
+      orch backup ~/backups/orch-$(date +%F).db
+    """
+    from .api import Orchestrator
+
+    if Path(dest).exists():
+        raise click.UsageError(f"{dest} exists; choose a new file")
+    with Orchestrator(settings().db, busy_budget_s=_busy_budget()) as orch:
+        orch.backup(dest)
+    out({"backup": str(dest)}, f"backup written: {dest}")
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def fail(message: str, code: int) -> int:
+    click.echo(f"orch: error: {message}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; the one place errors become exit codes."""
+    ctx_obj = Settings()
+    try:
+        rv = cli.main(args=argv, prog_name="orch", standalone_mode=False, obj=ctx_obj)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        return fail(exc.format_message().replace("\n", " "), 2)
+    except click.ClickException as exc:
+        return fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        return fail("aborted", 1)
+    except OrchError as exc:
+        return fail(str(exc).replace("\n", " "), exit_code(exc))
+    except BrokenPipeError:
+        return 1
+    finally:
+        ctx_obj.close()
