@@ -1,11 +1,29 @@
 """orch: a per-machine task-lease orchestrator for local AI agents."""
 
 from .api import Operations, Orchestrator
-from .errors import (Conflict, InvalidInput, LeaseLost, LimitExceeded, NotFound, OrchError,
-                     OutcomeUnknown, SchemaTooNew, Unavailable)
+from .errors import (
+                     Conflict,
+                     InvalidInput,
+                     LeaseLost,
+                     LimitExceeded,
+                     NotFound,
+                     OrchError,
+                     OutcomeUnknown,
+                     SchemaTooNew,
+                     Unavailable,
+)
 
 __version__ = "0.1.0"
 __all__ = [
-    "Orchestrator", "Operations", "OrchError", "InvalidInput", "LimitExceeded", "LeaseLost",
-    "NotFound", "Conflict", "Unavailable", "OutcomeUnknown", "SchemaTooNew",
+                     "Conflict",
+                     "InvalidInput",
+                     "LeaseLost",
+                     "LimitExceeded",
+                     "NotFound",
+                     "Operations",
+                     "OrchError",
+                     "Orchestrator",
+                     "OutcomeUnknown",
+                     "SchemaTooNew",
+                     "Unavailable",
 ]

@@ -8,9 +8,10 @@ daemon. So both have the same names, parameters, results and errors by construct
 from __future__ import annotations
 
 import abc
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from . import clock, doctor, paths, rules, validate
 from .store import DEFAULT_BUSY_BUDGET_S, SQLiteStore
@@ -100,8 +101,11 @@ class Operations(abc.ABC):
         return self._call("status", {})
 
     def ping(self) -> dict:
-        """Liveness."""
+        """Liveness, and which database is served."""
         return self._call("ping", {})
+
+    def close(self) -> None:
+        """Release the connection."""
 
 
 class Orchestrator(Operations):
@@ -117,6 +121,9 @@ class Orchestrator(Operations):
 
     def _call(self, op: str, params: dict[str, Any]) -> Any:
         kwargs = validate.check(op, params)
+        if op == "ping":
+            return {"pong": True, "now": clock.now_ms(), "db": str(self.db_path.resolve()),
+                    "pid": os.getpid(), "mode": "embedded"}
         if op == "claim_task" and kwargs["wait"]:
             return self._claim_waiting(kwargs)
         return self.run(op, kwargs)
@@ -150,7 +157,7 @@ class Orchestrator(Operations):
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> Orchestrator:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

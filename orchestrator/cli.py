@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, paths
 from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
 from .rules import iso
 from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
@@ -38,8 +38,10 @@ class Settings:
         """The daemon's client if its socket answers, else the database opened here."""
         if self._backend is None:
             from .api import Orchestrator
+            from .client import connect
 
-            self._backend = Orchestrator(self.db, busy_budget_s=_busy_budget())
+            self._backend = connect(self.db, self.socket) or Orchestrator(
+                self.db, busy_budget_s=_busy_budget())
         return self._backend
 
     def close(self) -> None:
@@ -529,6 +531,34 @@ def backup(dest) -> int:
         orch.backup(dest)
     out({"backup": str(dest)}, f"backup written: {dest}")
     return 0
+
+
+@command(cli)
+@click.option("--synchronous", type=click.Choice(["full", "normal"]), default="full",
+              show_default=True,
+              help="normal is faster but a power loss may drop the last commits.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Rotated log file [default: <home>/logs/orchestrator.log].")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              default="INFO", show_default=True)
+@click.option("--recover-every", type=float, default=2.0, show_default=True,
+              help="Seconds between the daemon's own recovery passes.")
+@click.option("--line-timeout", type=float, default=10.0, hidden=True)
+def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int:
+    """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
+
+    \b
+    Example:
+      orch daemon --log-level DEBUG
+    """
+    from . import daemon as server
+
+    s = settings()
+    return server.run(s.db or paths.default_db(), s.socket or paths.default_socket(),
+                      synchronous=synchronous,
+                      log_file=Path(log_file) if log_file else paths.default_log_file(),
+                      log_level=log_level, recover_every_s=recover_every,
+                      line_timeout_s=line_timeout)
 
 
 # --- entry point --------------------------------------------------------------------------

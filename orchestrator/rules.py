@@ -286,8 +286,9 @@ def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set
     status, run_after = after_lost_lease(row, now)
     new = settle(tx, now, row, status, run_after=run_after, keep=True)
     emit(tx, now, new, "expired", ev.SETTLED, reason=reason)
-    done.append({"id": row["id"], "kind": row["kind"], "worker_id": row["worker_id"],
-                 "fence": row["fence"], "status": status, "reason": reason})
+    done.append({"id": row["id"], "kind": row["kind"], "queue": row["queue"],
+                 "worker_id": row["worker_id"], "fence": row["fence"], "status": status,
+                 "run_after": new["run_after"], "reason": reason})
     if row["kind"] in HOLDER_KINDS:
         for child in tx.all("running_children", {"id": row["id"]}):
             if child["id"] not in seen:
@@ -396,6 +397,14 @@ def status(tx: Tx, now: int) -> dict:
 
 def ping(tx: Tx, now: int) -> dict:
     return {"pong": True, "now": now}
+
+
+def next_due(tx: Tx, now: int, *, kinds: list[str], queues: list[str]) -> int | None:
+    """When the next delayed item a waiter could take becomes claimable, if any."""
+    dues = [r["due"] for kind in kinds for queue in queues
+            if (r := tx.one("next_due", {"kind": kind, "queue": queue, "now": now}))
+            and r["due"] is not None]
+    return min(dues, default=None)
 
 
 #: operation name -> (function, writes?). The protocol's method names are these in

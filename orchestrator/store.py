@@ -33,7 +33,7 @@ def _sql_dir() -> Path:
 
 
 SQL_DIR = _sql_dir()
-_QUERY_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.M)
+_QUERY_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -151,7 +151,7 @@ def open_connection(path: Path, *, synchronous: str = "full",
         conn.execute("PRAGMA foreign_keys = ON")
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-        _retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
+        retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
         conn.row_trace = _dict_row
     except BaseException:
         conn.close()
@@ -185,7 +185,7 @@ def migrate(conn: apsw.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {number}")
 
 
-def _retry_busy(fn: Callable[[], T], budget_s: float) -> T:
+def retry_busy(fn: Callable[[], T], budget_s: float) -> T:
     try:
         for attempt in tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(apsw.BusyError),
@@ -221,7 +221,7 @@ class SQLiteStore(Store):
             except Rollback as rb:
                 return rb.result
 
-        return self._guard(lambda: _retry_busy(attempt, self.busy_budget_s))
+        return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         def attempt() -> T:
@@ -231,7 +231,7 @@ class SQLiteStore(Store):
             finally:
                 self.conn.execute("COMMIT")
 
-        return self._guard(lambda: _retry_busy(attempt, self.busy_budget_s))
+        return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
 
     def _guard(self, fn: Callable[[], T]) -> T:
         try:

@@ -285,7 +285,7 @@ def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
     spec = PARAMS[op]
     unknown = set(params) - set(spec)
     if unknown:
-        name = sorted(unknown)[0]
+        name = min(unknown)
         raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
     out = {}
     for name, (checker, default) in spec.items():

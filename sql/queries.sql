@@ -121,3 +121,11 @@ SELECT * FROM items ORDER BY id;
 
 -- name: all_events
 SELECT * FROM event_log ORDER BY seq;
+
+-- name: next_due
+-- When the next delayed item of one kind in one queue becomes claimable (daemon waiters).
+SELECT min(run_after) AS due FROM items INDEXED BY items_claimable
+WHERE status = 'pending' AND kind = :kind AND queue = :queue AND run_after > :now;
+
+-- name: data_version
+PRAGMA data_version;

@@ -1,0 +1,561 @@
+"""``orch daemon``: the per-machine owner of the database, serving JSON-RPC on a Unix socket.
+
+Shape: an asyncio loop owns the socket and every client connection; one writer thread
+owns the write connection and commits whatever requests are queued together (one
+IMMEDIATE transaction, one savepoint per request, one COMMIT, then every reply); a
+small pool of reader threads answers reads from their own connections (WAL), so reads
+never wait behind the writer. Parked ``claimTask(wait=…)`` callers are woken by the
+commits that make items claimable, never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+from loguru import logger
+
+from . import clock, paths, protocol, rules, validate
+from .errors import (
+    RPC_INVALID_REQUEST,
+    RPC_METHOD_NOT_FOUND,
+    RPC_PARSE_ERROR,
+    InvalidInput,
+    OrchError,
+    Unavailable,
+    rpc_code,
+)
+from .store import Rollback, SQLiteStore, Tx, retry_busy
+
+MAX_GROUP = 512  # requests committed together at most
+LINE_TIMEOUT_S = 10.0  # a client that stops mid-line is dropped after this
+RECOVER_EVERY_S = 2.0
+#: Operations after which an item may have become claimable.
+FEEDS = {"submit_task", "submit_many", "release_task", "stale_recovery", "resolve_task"}
+
+
+class StartupError(OrchError):
+    """The daemon cannot start (another one runs, a path is unusable)."""
+
+
+# --- the writer: one connection, group commit --------------------------------------------
+
+
+@dataclass
+class _Job:
+    op: str
+    kwargs: dict
+    done: Callable[[bool, Any], None]
+
+
+class Writer(threading.Thread):
+    """Owns the write connection; commits queued requests together."""
+
+    def __init__(self, store: SQLiteStore):
+        super().__init__(name="orch-writer", daemon=True)
+        self.store = store
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.commits = 0
+        self.committed_requests = 0
+
+    def submit(self, op: str, kwargs: dict, done: Callable[[bool, Any], None]) -> None:
+        self.jobs.put(_Job(op, kwargs, done))
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            job = self.jobs.get()
+            if job is None:
+                break
+            group = [job]
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                group.append(nxt)
+            outcomes = self._commit(group)
+            for j, (ok, value) in zip(group, outcomes, strict=True):
+                j.done(ok, value)
+
+    def _commit(self, group: list[_Job]) -> list[tuple[bool, Any]]:
+        conn = self.store.conn
+
+        def attempt() -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            with conn:
+                tx = Tx(conn)
+                for j in group:
+                    fn, _ = rules.OPERATIONS[j.op]
+                    try:
+                        with tx.savepoint():
+                            outcomes.append((True, fn(tx, clock.now_ms(), **j.kwargs)))
+                    except Rollback as rb:
+                        outcomes.append((True, rb.result))
+                    except OrchError as exc:
+                        outcomes.append((False, exc))
+                    except apsw.BusyError:
+                        raise  # retry the whole group
+                    except apsw.Error as exc:
+                        logger.bind(method=j.op).exception("request failed in the database")
+                        outcomes.append((False, Unavailable(f"database error: {exc}")))
+            return outcomes
+
+        try:
+            outcomes = retry_busy(attempt, self.store.busy_budget_s)
+        except OrchError as exc:
+            return [(False, exc)] * len(group)
+        except apsw.Error as exc:  # the COMMIT itself failed: nothing of the group stands
+            logger.exception("group commit failed")
+            return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
+        self.commits += 1
+        self.committed_requests += len(group)
+        return outcomes
+
+
+# --- parked claims ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Waiter:
+    kinds: frozenset[str]
+    queues: frozenset[str]
+    woken: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
+                                  .create_future())
+
+
+class Waiters:
+    """Claims parked until an item they could take appears."""
+
+    def __init__(self) -> None:
+        self.parked: list[_Waiter] = []
+
+    def add(self, kinds: list[str], queues: list[str]) -> _Waiter:
+        w = _Waiter(frozenset(kinds), frozenset(queues))
+        self.parked.append(w)
+        return w
+
+    def remove(self, w: _Waiter) -> None:
+        try:
+            self.parked.remove(w)
+        except ValueError:
+            pass
+
+    def wake(self, kind: str, queue: str, n: int = 1) -> None:
+        """Wake up to ``n`` waiters (oldest first) that could take a (kind, queue) item."""
+        for w in list(self.parked):
+            if n <= 0:
+                break
+            if kind in w.kinds and queue in w.queues:
+                self.parked.remove(w)
+                if not w.woken.done():
+                    w.woken.set_result(True)
+                n -= 1
+
+    def wake_all(self) -> None:
+        for w in self.parked:
+            if not w.woken.done():
+                w.woken.set_result(True)
+        self.parked.clear()
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, db: Path, sock: Path, *, synchronous: str = "full",
+                 recover_every_s: float = RECOVER_EVERY_S,
+                 line_timeout_s: float = LINE_TIMEOUT_S, readers: int = 4):
+        self.db = Path(db).resolve()
+        self.sock = Path(sock)
+        self.synchronous = synchronous
+        self.recover_every_s = recover_every_s
+        self.line_timeout_s = line_timeout_s
+        self.reader_count = readers
+        self.waiters = Waiters()
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.connections: set[asyncio.StreamWriter] = set()
+        self._locks: list[int] = []
+        self._local = threading.local()
+        self._readers: list[SQLiteStore] = []
+        self._readers_lock = threading.Lock()
+
+    # -- start and stop --
+
+    def _lock(self, path: Path, what: str) -> None:
+        paths.ensure_private_dir(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, paths.FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(f"another orch daemon (pid {holder}) is already serving "
+                               f"this {what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._locks.append(fd)
+
+    def _claim_socket_path(self) -> None:
+        if len(os.fsencode(self.sock)) >= 104:
+            raise StartupError(f"socket path is too long for a Unix socket: {self.sock}")
+        self._lock(self.sock.with_name(self.sock.name + ".lock"), f"socket {self.sock}")
+        self._lock(self.db.with_name(self.db.name + ".daemon.lock"), f"database {self.db}")
+        if self.sock.exists() or self.sock.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.sock))
+            except (ConnectionRefusedError, FileNotFoundError):
+                logger.info("removing stale socket {}", self.sock)
+                self.sock.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StartupError(f"cannot use socket path {self.sock}: {exc}") from None
+            else:
+                probe.close()
+                raise StartupError(f"a daemon is already answering on {self.sock}")
+            finally:
+                probe.close()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._claim_socket_path()
+        self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
+        self.writer = Writer(self.writer_store)
+        self.writer.start()
+        self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
+        self.watch = SQLiteStore(self.db)  # loop thread: notices other processes' commits
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self._recover()
+        paths.ensure_private_dir(self.sock.parent)
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(self.sock),
+                                                     limit=protocol.MAX_LINE + 2)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.sock, paths.FILE_MODE)
+        logger.bind(db=str(self.db), socket=str(self.sock), pid=os.getpid()).info(
+            "orch daemon serving {} on {}", self.db, self.sock)
+        ticker = asyncio.create_task(self._tick())
+        await self.stopping.wait()
+        logger.info("stopping: no new connections, finishing requests in flight")
+        server.close()
+        ticker.cancel()
+        self.waiters.wake_all()
+        await self._drain()
+        for w in list(self.connections):
+            w.close()
+        await server.wait_closed()
+        self.writer.stop()
+        await loop.run_in_executor(None, self.writer.join)
+        self.pool.shutdown(wait=True)
+        try:
+            self.writer_store.checkpoint_wal()
+        except apsw.Error as exc:
+            logger.warning("WAL checkpoint at exit failed: {}", exc)
+        for store in [self.writer_store, self.watch, *self._readers]:
+            store.close()
+        self.sock.unlink(missing_ok=True)
+        logger.bind(commits=self.writer.commits, requests=self.writer.committed_requests).info(
+            "orch daemon stopped")
+
+    async def _drain(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+
+    async def _tick(self) -> None:
+        """Recovery every few seconds; notice commits made by other processes."""
+        last_version = None
+        next_recovery = time.monotonic() + self.recover_every_s
+        while True:
+            await asyncio.sleep(min(1.0, self.recover_every_s))
+            try:
+                version = self.watch.read(lambda tx: tx.one("data_version")["data_version"])
+                if last_version is not None and version != last_version and self.waiters.parked:
+                    # Someone else committed (an embedded CLI, say): let each parked
+                    # claim look once.
+                    self.waiters.wake_all()
+                last_version = version
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.recover_every_s
+                    await self._recover()
+            except OrchError as exc:
+                logger.warning("periodic work failed: {}", exc)
+
+    async def _recover(self) -> None:
+        ok, r = await self._write("stale_recovery", {"dry_run": False})
+        if ok and r["count"]:
+            logger.bind(count=r["count"]).info("recovered {} expired lease(s)", r["count"])
+
+    # -- running operations --
+
+    def _reader(self) -> SQLiteStore:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = SQLiteStore(self.db)
+            with self._readers_lock:
+                self._readers.append(store)
+        return store
+
+    async def _write(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def done(ok: bool, value: Any) -> None:
+            loop.call_soon_threadsafe(_settle, fut, (ok, value))
+
+        self.writer.submit(op, kwargs, done)
+        ok, value = await fut
+        if ok and op in FEEDS:
+            self._feed(op, value)
+        return ok, value
+
+    def _feed(self, op: str, value: Any) -> None:
+        """Wake parked claims for the items this write made claimable."""
+        now = clock.now_ms()
+        items = (value if op == "submit_many" else value["recovered"]
+                 if op == "stale_recovery" else [value])
+        for item in items:
+            if item.get("status") != "pending":
+                continue
+            if item["run_after"] <= now:
+                self.waiters.wake(item["kind"], item["queue"])
+            # A delayed item is found by the waiters' own timers (next_due).
+
+    async def _read(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+        def run() -> tuple[bool, Any]:
+            fn, _ = rules.OPERATIONS[op]
+            try:
+                return True, self._reader().read(lambda tx: fn(tx, clock.now_ms(), **kwargs))
+            except OrchError as exc:
+                return False, exc
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    async def call(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+        if op == "ping":
+            return True, {"pong": True, "now": clock.now_ms(), "db": str(self.db),
+                          "pid": os.getpid(), "mode": "daemon"}
+        if op == "claim_task" and kwargs["wait"] and kwargs["item_id"] is None:
+            return await self._claim_waiting(kwargs)
+        _, writes = rules.OPERATIONS[op]
+        return await (self._write(op, kwargs) if writes else self._read(op, kwargs))
+
+    async def _claim_waiting(self, kwargs: dict) -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + kwargs["wait"] / 1000
+        while True:
+            # Park before trying, so a submit that commits between the try and the
+            # park still wakes this claim.
+            waiter = self.waiters.add(kwargs["kinds"], kwargs["queues"])
+            try:
+                ok, claim = await self._write("claim_task", kwargs)
+                left = deadline - loop.time()
+                if not ok or claim is not None or left <= 0 or self.stopping.is_set():
+                    return ok, claim
+                ok, due = await self._read_due(kwargs)
+                if ok and due is not None:
+                    left = min(left, max(0.0, (due - clock.now_ms()) / 1000) + 0.001)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter.woken), left)
+                except TimeoutError:
+                    pass
+            finally:
+                self.waiters.remove(waiter)
+
+    async def _read_due(self, kwargs: dict) -> tuple[bool, Any]:
+        def run() -> tuple[bool, Any]:
+            try:
+                return True, self._reader().read(lambda tx: rules.next_due(
+                    tx, clock.now_ms(), kinds=kwargs["kinds"], queues=kwargs["queues"]))
+            except OrchError as exc:
+                return False, exc
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    # -- the wire --
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        except OSError:
+            uid = -1
+        if uid != os.getuid():
+            logger.bind(peer_uid=uid).warning("refused a client of another uid")
+            writer.write(protocol.encode(protocol.error(
+                None, RPC_INVALID_REQUEST, "only the daemon's owner may connect",
+                {"reason": "forbidden"})))
+            await _close(writer)
+            return
+        self.connections.add(writer)
+        buf = bytearray()
+        try:
+            while not self.stopping.is_set():
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > protocol.MAX_LINE:
+                        await self._send(writer, protocol.error(
+                            None, 1004, f"line over {protocol.MAX_LINE} bytes",
+                            {"reason": "limit", "limit": protocol.MAX_LINE}))
+                        return
+                    try:
+                        chunk = await (asyncio.wait_for(reader.read(1 << 16), self.line_timeout_s)
+                                       if buf else reader.read(1 << 16))
+                    except TimeoutError:
+                        logger.info("dropped a client that stalled mid-line")
+                        return
+                    if not chunk:
+                        return
+                    buf += chunk
+                    continue
+                line = bytes(buf[:nl])
+                del buf[:nl + 1]
+                if len(line) > protocol.MAX_LINE:
+                    await self._send(writer, protocol.error(
+                        None, 1004, f"line over {protocol.MAX_LINE} bytes",
+                        {"reason": "limit", "limit": protocol.MAX_LINE}))
+                    return
+                if not line.strip():
+                    continue
+                self.inflight += 1
+                try:
+                    reply = await self._handle_line(line)
+                finally:
+                    self.inflight -= 1
+                    if not self.inflight:
+                        self.idle.set()
+                if reply is not None:
+                    await self._send(writer, reply)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client vanished; anything it asked for has been answered or dropped
+        finally:
+            self.connections.discard(writer)
+            await _close(writer)
+
+    async def _send(self, writer: asyncio.StreamWriter, message: Any) -> None:
+        writer.write(protocol.encode(message))
+        await writer.drain()
+
+    async def _handle_line(self, line: bytes) -> Any:
+        try:
+            message = json.loads(line)
+        except RecursionError:
+            return protocol.error(None, 1004, f"JSON nested deeper than "
+                                  f"{protocol.MAX_MESSAGE_DEPTH} levels", {"reason": "limit"})
+        except ValueError as exc:
+            return protocol.error(None, RPC_PARSE_ERROR, f"parse error: {exc}",
+                                  {"reason": "parse"})
+        if validate.json_depth(message) > protocol.MAX_MESSAGE_DEPTH:
+            return protocol.error(None, 1004, f"JSON nested deeper than "
+                                  f"{protocol.MAX_MESSAGE_DEPTH} levels", {"reason": "limit"})
+        if isinstance(message, list):
+            if not message:
+                return protocol.error(None, RPC_INVALID_REQUEST, "empty batch",
+                                      {"reason": "invalid_request"})
+            replies = await asyncio.gather(*(self._handle(m) for m in message))
+            replies = [r for r in replies if r is not None]
+            return replies or None
+        return await self._handle(message)
+
+    async def _handle(self, msg: Any) -> dict | None:
+        if not isinstance(msg, dict):
+            return protocol.error(None, RPC_INVALID_REQUEST, "a request must be an object",
+                                  {"reason": "invalid_request"})
+        id_ = msg.get("id")
+        if msg.get("jsonrpc") != "2.0" or not isinstance(msg.get("method"), str) \
+                or not isinstance(id_, str | int | None) or isinstance(id_, bool):
+            return protocol.error(id_ if isinstance(id_, str | int) else None,
+                                  RPC_INVALID_REQUEST,
+                                  'invalid request: needs "jsonrpc": "2.0", a method and an id',
+                                  {"reason": "invalid_request"})
+        notification = "id" not in msg
+        method = msg["method"]
+        op = protocol.METHODS.get(method)
+        started = time.perf_counter()
+        log = logger.bind(method=method)
+        if op is None:
+            reply = protocol.error(id_, RPC_METHOD_NOT_FOUND, f"unknown method {method[:64]!r}",
+                                   {"reason": "method_not_found"})
+        else:
+            params = msg.get("params", {})
+            try:
+                if not isinstance(params, dict):
+                    raise InvalidInput("params must be an object with named parameters",
+                                       data={"field": "params"})
+                ok, value = await self.call(op, validate.check(op, params))
+            except OrchError as exc:
+                ok, value = False, exc
+            except Exception as exc:  # never let one request take the daemon down
+                log.exception("internal error")
+                ok, value = False, OrchError(f"internal error: {type(exc).__name__}")
+            if ok:
+                reply = protocol.result(id_, value)
+                if isinstance(value, dict) and "id" in value:
+                    log = log.bind(item=value["id"], worker=value.get("worker_id"))
+            else:
+                data = {"reason": value.reason, **value.data}
+                reply = protocol.error(id_, rpc_code(value), str(value), data)
+        log.bind(duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                 ok="error" not in reply).debug("request")
+        return None if notification else reply
+
+
+def _settle(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
+
+
+def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
+    logger.remove()
+    fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message} {extra}"
+    logger.add(sys.stderr, level=level, format=fmt)
+    if log_file is not None:
+        paths.ensure_private_dir(log_file.parent)
+        logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5)
+
+
+def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
+        log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
+        line_timeout_s: float = LINE_TIMEOUT_S) -> int:
+    setup_logging(log_file, log_level)
+    daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
+                    line_timeout_s=line_timeout_s)
+    asyncio.run(daemon.serve())
+    return 0
