@@ -72,3 +72,92 @@ def orch_cli(db_path: Path):
     def invoke(*args: str, **kw) -> subprocess.CompletedProcess:
         return orch_process(*args, db=db_path, **kw)
     return invoke
+
+
+# --- the daemon as a real subprocess ----------------------------------------------------
+
+
+@pytest.fixture
+def short_tmp():
+    """A short directory: Unix socket paths must stay under ~100 bytes."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="orch-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class DaemonProcess:
+    """``orch daemon`` in a subprocess on ``db`` and ``sock``; stopped at teardown."""
+
+    def __init__(self, db: Path, sock: Path, *args: str):
+        self.db, self.sock, self.args = db, sock, args
+        self.proc: subprocess.Popen | None = None
+        self.log = sock.with_name("daemon.log")
+
+    def start(self, timeout: float = 15.0) -> DaemonProcess:
+        import time
+
+        from orchestrator.client import Client
+
+        cmd = [sys.executable, "-m", "orchestrator", "--db", str(self.db), "--socket",
+               str(self.sock), "daemon", "--log-file", str(self.log), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: "
+                                   f"{self.proc.stderr.read()}")
+            if self.sock.exists():
+                try:
+                    with Client(self.sock, connect_within=0) as c:
+                        c.ping()
+                    return self
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not start")
+
+    def client(self, **kw):
+        from orchestrator.client import Client
+
+        return Client(self.sock, **kw)
+
+    def stop(self, sig: int | None = None, timeout: float = 20.0) -> int:
+        import signal
+
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code
+
+    def kill(self) -> None:
+        import signal
+
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def start_daemon(short_tmp: Path):
+    """start_daemon(*extra_args, db=None) -> a running DaemonProcess."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, db: Path | None = None, sock: Path | None = None) -> DaemonProcess:
+        d = DaemonProcess(db or short_tmp / "orch.db", sock or short_tmp / "orch.sock",
+                          "--recover-every", "0.5", *args)
+        started.append(d.start())
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
