@@ -10,11 +10,20 @@ from __future__ import annotations
 import abc
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from . import clock, doctor, paths, rules, validate
+from . import clock, doctor, paths, validate
+from .operations import OPERATIONS
 from .store import DEFAULT_BUSY_BUDGET_S, SQLiteStore
+
+#: Operations that can wait, and when their result is final.
+WAITS: dict[str, Callable[[Any], bool]] = {
+    "claim_task": lambda claim: claim is not None,
+    # an execution someone else is running: wait for its outcome
+    "execute_tool_idempotent": lambda out: out["claimed"] or out["status"] != "running",
+}
 
 
 def _given(args: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +109,48 @@ class Operations(abc.ABC):
         """Counts by status, live workers and what they hold, unrecovered expired leases."""
         return self._call("status", {})
 
+    def start_session(self, worker_id: str, *, key: str | None = None, payload: Any = None,
+                      ttl: float | None = None) -> dict:
+        """Create a session and claim it for ``worker_id``; an existing ``key`` resumes it."""
+        return self._call("start_session", _given(locals()))
+
+    def resume_session(self, session_id: int, worker_id: str, *,
+                       ttl: float | None = None) -> dict:
+        """Claim a session again once its old lease is gone; returns its last checkpoint."""
+        return self._call("resume_session", _given(locals()))
+
+    def create_goal(self, session_id: int, token: str, *, payload: Any = None,
+                    key: str | None = None, ttl: float | None = None) -> dict:
+        """A goal under the session, claimed for the session's holder (the session's
+        token is required)."""
+        return self._call("create_goal", _given(locals()))
+
+    def execute_tool_idempotent(self, goal_id: int, token: str, tool: str, input: Any = None,
+                                *, key: str | None = None, effect: str | None = None,
+                                ttl: float | None = None, wait: float | None = None) -> dict:
+        """The one execution of ``tool`` for ``key`` (default: derived from the input)
+        under the goal: created and claimed (with ``token``) the first time, else as it
+        stands (``created: False``). ``wait``: wait for a running one to finish."""
+        return self._call("execute_tool_idempotent", _given(locals()))
+
+    def replay_session(self, session_id: int) -> dict:
+        """The session, its goals and their tool executions, with their events."""
+        return self._call("replay_session", {"session_id": session_id})
+
+    def explain_task(self, item_id: int) -> dict:
+        """Why the item is where it is, in a sentence or two."""
+        return self._call("explain_task", {"item_id": item_id})
+
+    def hold(self, claim: dict, **kw: Any):
+        """Hold ``claim`` in a ``with`` block: heartbeats, release on exit (see Lease)."""
+        from .lease import Lease
+
+        return Lease(self, claim, **kw)
+
+    def clone(self) -> Operations:
+        """Another handle on the same backend, for use from another thread."""
+        raise TypeError(f"{type(self).__name__} cannot be cloned")
+
     def ping(self) -> dict:
         """Liveness, and which database is served."""
         return self._call("ping", {})
@@ -116,6 +167,7 @@ class Orchestrator(Operations):
     def __init__(self, db: str | Path | None = None, *, synchronous: str = "full",
                  busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
         self.db_path = Path(db) if db is not None else paths.default_db()
+        self.synchronous = synchronous
         self.store = SQLiteStore(self.db_path, synchronous=synchronous,
                                  busy_budget_s=busy_budget_s)
 
@@ -124,27 +176,31 @@ class Orchestrator(Operations):
         if op == "ping":
             return {"pong": True, "now": clock.now_ms(), "db": str(self.db_path.resolve()),
                     "pid": os.getpid(), "mode": "embedded"}
-        if op == "claim_task" and kwargs["wait"]:
-            return self._claim_waiting(kwargs)
+        if op in WAITS and kwargs["wait"]:
+            return self._polling(op, kwargs, WAITS[op])
         return self.run(op, kwargs)
 
     def run(self, op: str, kwargs: dict[str, Any]) -> Any:
         """Run a checked operation in its own transaction."""
-        fn, writes = rules.OPERATIONS[op]
+        fn, writes = OPERATIONS[op]
         execute = self.store.write if writes else self.store.read
         return execute(lambda tx: fn(tx, clock.now_ms(), **kwargs))
 
-    def _claim_waiting(self, kwargs: dict[str, Any]) -> dict | None:
+    def _polling(self, op: str, kwargs: dict[str, Any], settled: Callable[[Any], bool]) -> Any:
         # Embedded mode has no one to wake it: poll, backing off up to 1 s.
         deadline = time.monotonic() + kwargs["wait"] / 1000
         pause = 0.05
         while True:
-            claim = self.run("claim_task", kwargs)
+            out = self.run(op, kwargs)
             left = deadline - time.monotonic()
-            if claim is not None or left <= 0:
-                return claim
+            if settled(out) or left <= 0:
+                return out
             time.sleep(min(pause, left))
             pause = min(pause * 2, 1.0)
+
+    def clone(self) -> Orchestrator:
+        return Orchestrator(self.db_path, synchronous=self.synchronous,
+                            busy_budget_s=self.store.busy_budget_s)
 
     def doctor(self) -> dict:
         """Check the file: integrity, the event chain, and that replay equals the rows."""

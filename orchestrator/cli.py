@@ -533,6 +533,148 @@ def backup(dest) -> int:
     return 0
 
 
+# --- agent records ------------------------------------------------------------------------
+
+
+@cli.group()
+def session() -> None:
+    """An agent's run, as a lease-protected work item."""
+
+
+@command(session, "start")
+@click.option("--worker", "worker_id", required=True, help="The agent holding the session.")
+@click.option("--key", default=None, help="Idempotency key: an existing session is resumed.")
+@click.option("--payload", default=None, help="The session's input, as JSON.")
+@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+def session_start(worker_id, key, payload, ttl) -> int:
+    """Create a session and claim it; prints the claim as JSON.
+
+    \b
+    Example:
+      orch session start --worker agent-1 --key run-2026-11-23 --ttl 60
+    """
+    emit_json(settings().backend().start_session(worker_id, key=key,
+                                                  payload=json_arg("payload", payload), ttl=ttl))
+    return 0
+
+
+@command(session, "resume")
+@click.argument("session_id", type=int)
+@click.option("--worker", "worker_id", required=True)
+@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+def session_resume(session_id, worker_id, ttl) -> int:
+    """Claim a session again after its holder died; prints the claim with its checkpoint.
+
+    \b
+    Example:
+      orch session resume 12 --worker agent-1
+    """
+    emit_json(settings().backend().resume_session(session_id, worker_id, ttl=ttl))
+    return 0
+
+
+@cli.group()
+def goal() -> None:
+    """A piece of a session's work."""
+
+
+@command(goal, "add")
+@click.option("--session", "session_id", type=int, required=True)
+@click.option("--token", required=True, help="The session's token.")
+@click.option("--payload", default=None, help="The goal, as JSON.")
+@click.option("--key", default=None, help="Idempotency key within the session.")
+@click.option("--ttl", type=float, default=None, help="Lease length (default: the session's).")
+def goal_add(session_id, token, payload, key, ttl) -> int:
+    """Create a goal under a session and claim it for the session's holder.
+
+    \b
+    Example:
+      orch goal add --session 12 --token "$session_token" --key fetch-docs
+    """
+    emit_json(settings().backend().create_goal(session_id, token,
+                                               payload=json_arg("payload", payload),
+                                               key=key, ttl=ttl))
+    return 0
+
+
+@cli.group()
+def tool() -> None:
+    """Tool executions: one per key, never run twice by accident."""
+
+
+@command(tool, "exec")
+@click.option("--goal", "goal_id", type=int, required=True)
+@click.option("--token", required=True, help="The goal's token.")
+@click.option("--tool", "tool_name", required=True, help="The tool's name.")
+@click.option("--input", "input_", default=None, help="The tool's input, as JSON.")
+@click.option("--key", default=None,
+              help="Idempotency key (default: the tool and a hash of the input).")
+@click.option("--effect", type=click.Choice(EFFECTS), default=None,
+              help="Default unsafe: a lost lease makes it unknown, never rerun.")
+@click.option("--ttl", type=float, default=None)
+@click.option("--wait", type=float, default=None,
+              help="If another holder runs it, wait this many seconds for its outcome.")
+def tool_exec(goal_id, token, tool_name, input_, key, effect, ttl, wait) -> int:
+    """Get the one execution of a tool call: claimed for you (with a token) if it is
+    yours to run, else as it stands with its status and result.
+
+    \b
+    Example:
+      orch tool exec --goal 13 --token "$goal_token" --tool send_email --input '{"to": "a@b"}'
+    """
+    emit_json(settings().backend().execute_tool_idempotent(
+        goal_id, token, tool_name, json_arg("input", input_), key=key, effect=effect,
+        ttl=ttl, wait=wait))
+    return 0
+
+
+def _tree(node: dict, depth: int = 0) -> list[str]:
+    pad = "  " * depth
+    head = (f"{pad}{node['kind']} {node['id']}  {node['status']}  key={node['key'] or '-'}  "
+            f"attempts={node['attempts']}  fence={node['fence'] or '-'}  "
+            f"created={iso(node['created_at'])}  updated={iso(node['updated_at'])}")
+    lines = [head]
+    if node["kind"] == "tool_execution":
+        lines.append(f"{pad}  tool={node['payload'].get('tool')}  "
+                     f"input={compact(node['payload'].get('input'), 80)}")
+    if node["result"] is not None or node["error"]:
+        lines.append(f"{pad}  result={compact(node['result'], 80)}  error={node['error'] or '-'}")
+    for e in node["events"]:
+        lines.append(f"{pad}  · {e['seq']} {iso(e['at'])} {e['type']} "
+                     f"{e['worker_id'] or '-'} fence={e['fence'] or '-'}"
+                     + (f" {e['detail'].get('outcome') or ''} -> {e['detail']['status']}"
+                        if "status" in e["detail"] and e["type"] != "submitted" else ""))
+    for child in node.get("goals", []) + node.get("tool_executions", []):
+        lines += _tree(child, depth + 1)
+    return lines
+
+
+@command(cli)
+@click.option("--session", "session_id", type=int, required=True)
+def replay(session_id) -> int:
+    """Show a session, its goals and their tool executions, with the events behind them.
+
+    \b
+    Example:
+      orch replay --session 12 --json
+    """
+    out(settings().backend().replay_session(session_id), lambda t: "\n".join(_tree(t)))
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+def why(item_id) -> int:
+    """Explain in a sentence why an item is where it is.
+
+    \b
+    Example:
+      orch why 42
+    """
+    out(settings().backend().explain_task(item_id), lambda r: r["text"])
+    return 0
+
+
 @command(cli)
 @click.option("--synchronous", type=click.Choice(["full", "normal"]), default="full",
               show_default=True,

@@ -80,6 +80,9 @@ class Client(Operations):
         except OSError:
             return True
 
+    def clone(self) -> Client:
+        return Client(self.path, timeout=self.timeout, connect_within=self.connect_within)
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -31,6 +31,7 @@ import apsw
 from loguru import logger
 
 from . import clock, paths, protocol, rules, validate
+from .api import WAITS
 from .errors import (
     RPC_INVALID_REQUEST,
     RPC_METHOD_NOT_FOUND,
@@ -40,6 +41,7 @@ from .errors import (
     Unavailable,
     rpc_code,
 )
+from .operations import OPERATIONS
 from .store import Rollback, SQLiteStore, Tx, retry_busy
 
 MAX_GROUP = 512  # requests committed together at most
@@ -107,7 +109,7 @@ class Writer(threading.Thread):
             with conn:
                 tx = Tx(conn)
                 for j in group:
-                    fn, _ = rules.OPERATIONS[j.op]
+                    fn, _ = OPERATIONS[j.op]
                     try:
                         with tx.savepoint():
                             outcomes.append((True, fn(tx, clock.now_ms(), **j.kwargs)))
@@ -353,7 +355,7 @@ class Daemon:
 
     async def _read(self, op: str, kwargs: dict) -> tuple[bool, Any]:
         def run() -> tuple[bool, Any]:
-            fn, _ = rules.OPERATIONS[op]
+            fn, _ = OPERATIONS[op]
             try:
                 return True, self._reader().read(lambda tx: fn(tx, clock.now_ms(), **kwargs))
             except OrchError as exc:
@@ -366,7 +368,9 @@ class Daemon:
                           "pid": os.getpid(), "mode": "daemon"}
         if op == "claim_task" and kwargs["wait"] and kwargs["item_id"] is None:
             return await self._claim_waiting(kwargs)
-        _, writes = rules.OPERATIONS[op]
+        if op == "execute_tool_idempotent" and kwargs["wait"]:
+            return await self._execution_waiting(kwargs)
+        _, writes = OPERATIONS[op]
         return await (self._write(op, kwargs) if writes else self._read(op, kwargs))
 
     async def _claim_waiting(self, kwargs: dict) -> tuple[bool, Any]:
@@ -390,6 +394,20 @@ class Daemon:
                     pass
             finally:
                 self.waiters.remove(waiter)
+
+    async def _execution_waiting(self, kwargs: dict) -> tuple[bool, Any]:
+        # Someone else runs this execution: look again, backing off, until it settles.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + kwargs["wait"] / 1000
+        pause = 0.05
+        while True:
+            ok, out = await self._write("execute_tool_idempotent", kwargs)
+            left = deadline - loop.time()
+            if not ok or WAITS["execute_tool_idempotent"](out) or left <= 0 \
+                    or self.stopping.is_set():
+                return ok, out
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     async def _read_due(self, kwargs: dict) -> tuple[bool, Any]:
         def run() -> tuple[bool, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .rules import OPERATIONS
+from .operations import OPERATIONS
 from .validate import MAX_DEPTH
 
 MAX_LINE = 4 << 20  # bytes, newline excluded
@@ -20,7 +20,10 @@ METHODS: dict[str, str] = {
     "staleRecovery": "stale_recovery", "cancelTask": "cancel_task",
     "checkpoint": "checkpoint", "resolveTask": "resolve_task", "getTask": "get_task",
     "listTasks": "list_tasks", "listEvents": "list_events", "status": "status",
-    "verify": "verify", "ping": "ping",
+    "verify": "verify", "ping": "ping", "startSession": "start_session",
+    "resumeSession": "resume_session", "createGoal": "create_goal",
+    "executeToolIdempotent": "execute_tool_idempotent", "replaySession": "replay_session",
+    "explainTask": "explain_task",
 }
 OP_METHOD = {op: method for method, op in METHODS.items()}
 assert set(METHODS.values()) <= set(OPERATIONS)

@@ -112,7 +112,13 @@ def settle(tx: Tx, now: int, row: dict, status: str, *, run_after: int | None = 
 
 def submit_task(tx: Tx, now: int, *, payload: str, queue: str, priority: int,
                 key: str | None, max_attempts: int | None, delay: int, kind: str,
-                parent_id: int | None, effect: str | None) -> dict:
+                parent_id: int | None, effect: str | None, _internal: bool = False) -> dict:
+    if kind in PARENT_KIND and not _internal:
+        # A goal or tool execution is created under its parent's lease, with its token.
+        raise InvalidInput(f"kind: a {kind} is created with "
+                           f"{'create_goal' if kind == 'goal' else 'execute_tool_idempotent'}"
+                           f" (orch {'goal add' if kind == 'goal' else 'tool exec'}), "
+                           "under its parent's lease", data={"field": "kind"})
     if key is not None:
         existing = tx.one("item_by_key", {"kind": kind, "queue": queue, "key": key})
         if existing is not None:
@@ -405,24 +411,3 @@ def next_due(tx: Tx, now: int, *, kinds: list[str], queues: list[str]) -> int | 
             if (r := tx.one("next_due", {"kind": kind, "queue": queue, "now": now}))
             and r["due"] is not None]
     return min(dues, default=None)
-
-
-#: operation name -> (function, writes?). The protocol's method names are these in
-#: camelCase; the Python API's methods are these names.
-OPERATIONS = {
-    "submit_task": (submit_task, True),
-    "submit_many": (submit_many, True),
-    "claim_task": (claim_task, True),
-    "heartbeat": (heartbeat, True),
-    "release_task": (release_task, True),
-    "stale_recovery": (stale_recovery, True),
-    "cancel_task": (cancel_task, True),
-    "checkpoint": (checkpoint, True),
-    "resolve_task": (resolve_task, True),
-    "get_task": (get_task, False),
-    "list_tasks": (list_tasks, False),
-    "list_events": (list_events, False),
-    "verify": (verify, False),
-    "status": (status, False),
-    "ping": (ping, False),
-}

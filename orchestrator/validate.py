@@ -23,6 +23,7 @@ MAX_TTL_S = 86_400
 MAX_DELAY_S = 10 * 365 * 86_400
 MAX_WORKER_CHARS = 128
 DEFAULT_TTL_MS = 30_000
+MAX_TOOL_BYTES = 128
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 KINDS = ("task", "session", "goal", "tool_execution")
@@ -263,6 +264,36 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "limit": (integer(0, 1_000_000_000), 1000),
     },
     "verify": {"item_id": (item_id, REQUIRED), "token": (token, REQUIRED)},
+    "start_session": {
+        "worker_id": (worker, REQUIRED),
+        "key": (optional(key), None),
+        "payload": (json_value, "null"),
+        "ttl": (ttl, DEFAULT_TTL_MS),
+    },
+    "resume_session": {
+        "session_id": (item_id, REQUIRED),
+        "worker_id": (worker, REQUIRED),
+        "ttl": (ttl, DEFAULT_TTL_MS),
+    },
+    "create_goal": {
+        "session_id": (item_id, REQUIRED),
+        "token": (token, REQUIRED),
+        "payload": (json_value, "null"),
+        "key": (optional(key), None),
+        "ttl": (optional(ttl), None),
+    },
+    "execute_tool_idempotent": {
+        "goal_id": (item_id, REQUIRED),
+        "token": (token, REQUIRED),
+        "tool": (text(MAX_TOOL_BYTES), REQUIRED),
+        "input": (json_value, "null"),
+        "key": (optional(key), None),
+        "effect": (optional(choice(EFFECTS)), None),
+        "ttl": (optional(ttl), None),
+        "wait": (delay, 0),
+    },
+    "replay_session": {"session_id": (item_id, REQUIRED)},
+    "explain_task": {"item_id": (item_id, REQUIRED)},
     "status": {},
     "ping": {},
 }

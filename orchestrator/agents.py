@@ -1,0 +1,126 @@
+"""Agent records: sessions, goals and tool executions, as lease-protected work items.
+
+A session is an agent's run; goals are created under the session's lease and tool
+executions under a goal's. A child is keyed within its parent (its queue is
+``session:<id>`` or ``goal:<id>``), so keys are scoped to the parent, and the child is
+claimed for the parent's holder in the same transaction that creates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from .errors import Conflict, InvalidInput
+from .rules import claim_row, claim_task, expire, get_row, held, public, submit_task
+from .store import Tx
+
+
+def _expect_kind(row: dict, kind: str, field: str) -> None:
+    if row["kind"] != kind:
+        raise InvalidInput(f"{field}: item {row['id']} is a {row['kind']}, not a {kind}",
+                           data={"field": field})
+
+
+def start_session(tx: Tx, now: int, *, worker_id: str, key: str | None, payload: str,
+                  ttl: int) -> dict:
+    """Create a session and claim it for ``worker_id``; an existing key resumes it."""
+    if key is not None:
+        existing = tx.one("item_by_key", {"kind": "session", "queue": "default", "key": key})
+        if existing is not None:
+            return {**resume_session(tx, now, session_id=existing["id"], worker_id=worker_id,
+                                     ttl=ttl), "created": False}
+    item = submit_task(tx, now, payload=payload, queue="default", priority=0, key=key,
+                       max_attempts=None, delay=0, kind="session", parent_id=None,
+                       effect=None, _internal=True)
+    return {**claim_row(tx, now, item["id"], worker_id, ttl), "created": True}
+
+
+def resume_session(tx: Tx, now: int, *, session_id: int, worker_id: str, ttl: int) -> dict:
+    """Claim a session again once its old lease is gone; the claim carries its checkpoint."""
+    _expect_kind(get_row(tx, session_id), "session", "session_id")
+    return claim_task(tx, now, worker_id=worker_id, queues=[], ttl=ttl, kinds=[],
+                      item_id=session_id)
+
+
+def _child(tx: Tx, now: int, parent: dict, kind: str, key: str | None, payload: str,
+           effect: str | None, ttl: int | None) -> dict:
+    """The one child of ``parent`` with ``key``: created and claimed, or as it stands.
+
+    An existing child that nobody can be running any more (pending, or a lease that
+    has expired) is claimed for the parent's holder; one whose side effect may have
+    happened is never rerun (recovery makes it ``unknown``).
+    """
+    queue = f"{parent['kind']}:{parent['id']}"
+    ttl = ttl or parent["lease_ttl_ms"]
+    row = None if key is None else tx.one("item_by_key",
+                                          {"kind": kind, "queue": queue, "key": key})
+    if row is None:
+        item = submit_task(tx, now, payload=payload, queue=queue, priority=0, key=key,
+                           max_attempts=None, delay=0, kind=kind, parent_id=parent["id"],
+                           effect=effect, _internal=True)
+        return {**claim_row(tx, now, item["id"], parent["worker_id"], ttl),
+                "created": True, "claimed": True}
+    if row["status"] == "running" and row["lease_expires_at"] <= now:
+        expire(tx, now, row, "lease_expired", [], set())
+        row = get_row(tx, row["id"])
+    if row["status"] == "pending":
+        return {**claim_row(tx, now, row["id"], parent["worker_id"], ttl),
+                "created": False, "claimed": True}
+    return {**public(row), "created": False, "claimed": False}
+
+
+def create_goal(tx: Tx, now: int, *, session_id: int, token: str, payload: str,
+                key: str | None, ttl: int | None) -> dict:
+    """A goal under the session, claimed for the session's holder (its token returned)."""
+    session = held(tx, session_id, token, now)
+    _expect_kind(session, "session", "session_id")
+    return _child(tx, now, session, "goal", key, payload, None, ttl)
+
+
+def canonical_key(tool: str, input_text: str) -> str:
+    canonical = json.dumps(json.loads(input_text), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return f"auto:{tool}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def execute_tool_idempotent(tx: Tx, now: int, *, goal_id: int, token: str, tool: str,
+                            input: str, key: str | None, effect: str | None,
+                            ttl: int | None, wait: int = 0) -> dict:
+    """The one execution of ``tool`` for ``key`` under the goal.
+
+    Created and claimed by the caller the first time; afterwards the existing one with
+    its status and result (a succeeded execution is never run again).
+    """
+    goal = held(tx, goal_id, token, now)
+    _expect_kind(goal, "goal", "goal_id")
+    key = key or canonical_key(tool, input)
+    payload = json.dumps({"tool": tool, "input": json.loads(input)},
+                         separators=(",", ":"), ensure_ascii=False)
+    out = _child(tx, now, goal, "tool_execution", key, payload, effect, ttl)
+    if out["payload"].get("tool") != tool:  # raising undoes any claim made above
+        raise Conflict(f"key {key!r} names an execution of tool "
+                       f"{out['payload'].get('tool')!r}, not {tool!r}",
+                       data={"item_id": out["id"], "key": key})
+    return out
+
+
+def replay_session(tx: Tx, now: int, *, session_id: int) -> dict:
+    """The session, its goals and their tool executions, each with its events."""
+    session = get_row(tx, session_id)
+    _expect_kind(session, "session", "session_id")
+
+    def node(row: dict) -> dict:
+        events = [{**e, "detail": json.loads(e["detail"])} for e in
+                  tx.all("events_of_item", {"item_id": row["id"], "since": 0, "limit": -1})]
+        children = [node(c) for c in tx.all("children", {"id": row["id"]})]
+        out = {**public(row), "events": events}
+        if row["kind"] == "session":
+            out["goals"] = children
+        elif row["kind"] == "goal":
+            out["tool_executions"] = children
+        return out
+
+    return node(session)
+
+
