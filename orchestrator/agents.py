@@ -28,12 +28,14 @@ def start_session(tx: Tx, now: int, *, worker_id: str, key: str | None, payload:
     if key is not None:
         existing = tx.one("item_by_key", {"kind": "session", "queue": "default", "key": key})
         if existing is not None:
+            if existing["status"] not in ("pending", "running"):
+                return {**public(existing), "created": False, "claimed": False}  # finished
             return {**resume_session(tx, now, session_id=existing["id"], worker_id=worker_id,
-                                     ttl=ttl), "created": False}
+                                     ttl=ttl), "created": False, "claimed": True}
     item = submit_task(tx, now, payload=payload, queue="default", priority=0, key=key,
                        max_attempts=None, delay=0, kind="session", parent_id=None,
                        effect=None, _internal=True)
-    return {**claim_row(tx, now, item["id"], worker_id, ttl), "created": True}
+    return {**claim_row(tx, now, item["id"], worker_id, ttl), "created": True, "claimed": True}
 
 
 def resume_session(tx: Tx, now: int, *, session_id: int, worker_id: str, ttl: int) -> dict:

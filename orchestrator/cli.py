@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from . import __version__, paths
-from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
+from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, NotFound, OrchError, exit_code
 from .rules import iso
 from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
 
@@ -493,6 +493,16 @@ def events(item_id, since, follow) -> int:
             time.sleep(0.5)
 
 
+def _existing_db():
+    """The database opened here, refusing to create one where none is (doctor, backup)."""
+    from .api import Orchestrator
+
+    db = settings().db or paths.default_db()
+    if not db.exists():
+        raise NotFound(f"no database at {db}")
+    return Orchestrator(db, busy_budget_s=_busy_budget())
+
+
 @command(cli)
 def doctor() -> int:
     """Check integrity, the event hash chain, and that the rows equal the log's replay.
@@ -501,9 +511,7 @@ def doctor() -> int:
     Example:
       orch doctor || echo "the file needs attention"
     """
-    from .api import Orchestrator
-
-    with Orchestrator(settings().db, busy_budget_s=_busy_budget()) as orch:
+    with _existing_db() as orch:
         report = orch.doctor()
 
     def text(r: dict) -> str:
@@ -523,11 +531,9 @@ def backup(dest) -> int:
     Example:
       orch backup ~/backups/orch-$(date +%F).db
     """
-    from .api import Orchestrator
-
     if Path(dest).exists():
         raise click.UsageError(f"{dest} exists; choose a new file")
-    with Orchestrator(settings().db, busy_budget_s=_busy_budget()) as orch:
+    with _existing_db() as orch:
         orch.backup(dest)
     out({"backup": str(dest)}, f"backup written: {dest}")
     return 0

@@ -54,4 +54,9 @@ def ensure_private_file(path: Path) -> None:
     """
     ensure_private_dir(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
-    os.close(fd)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o777 != FILE_MODE and st.st_uid == os.getuid():
+            os.fchmod(fd, FILE_MODE)  # a file made by hand or another tool: make it private
+    finally:
+        os.close(fd)

@@ -259,8 +259,10 @@ def release_task(tx: Tx, now: int, *, item_id: int, token: str, outcome: str,
         status = outcome
     elif row["cancel_requested"]:
         status = "cancelled"  # the holder gave up after a cancel request: do not rerun
-    elif outcome == "requeue":
+    elif outcome == "requeue" and attempts_left(row):
         status, run_after = "pending", now + (retry_in or 0)
+    elif outcome == "requeue":
+        status = "dead"  # the claim counted, and it was the last one allowed
     elif no_retry:
         status = "failed"
     elif attempts_left(row):

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import InvalidInput, LimitExceeded
 
 MAX_VALUE_BYTES = 1 << 20  # payload, result, checkpoint, input, error
+MAX_RAW_TEXT_BYTES = 4 << 20  # JSON as typed, before it is made compact
 MAX_DEPTH = 64
 MAX_KEY_BYTES = 512
 MAX_TTL_S = 86_400
@@ -63,9 +64,13 @@ def dump_json(value: Any) -> str:
 
 
 def parse_json_text(field: str, text: str) -> Any:
-    """Parse JSON given as text (CLI flags, files), with the limits applied first."""
-    if len(text.encode()) > MAX_VALUE_BYTES:
-        raise LimitExceeded(f"{field}: JSON text is over {MAX_VALUE_BYTES} bytes",
+    """Parse JSON given as text (CLI flags, files).
+
+    The limit counts the value as stored (compact), which ``json_value`` checks after
+    parsing; this cap only keeps absurd input from being parsed at all.
+    """
+    if len(text.encode()) > MAX_RAW_TEXT_BYTES:
+        raise LimitExceeded(f"{field}: JSON text is over {MAX_RAW_TEXT_BYTES} bytes",
                             data={"field": field, "limit": MAX_VALUE_BYTES})
     try:
         return json.loads(text)

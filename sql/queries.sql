@@ -28,10 +28,12 @@ UPDATE fence_counter SET value = value + 1 WHERE id = 1 RETURNING value;
 SELECT value FROM fence_counter WHERE id = 1;
 
 -- name: claim_item
+-- A takeover (the item is still 'running' here) keeps a pending cancel request.
 UPDATE items
 SET status = 'running', attempts = attempts + 1, worker_id = :worker_id, fence = :fence,
     token_hash = :token_hash, lease_ttl_ms = :ttl, lease_expires_at = :now + :ttl,
-    heartbeat_at = :now, cancel_requested = 0, updated_at = :now
+    heartbeat_at = :now, updated_at = :now,
+    cancel_requested = CASE WHEN status = 'running' THEN cancel_requested ELSE 0 END
 WHERE id = :id
 RETURNING *;
 
