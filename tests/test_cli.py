@@ -1,0 +1,590 @@
+"""The ``orch`` command line (SPEC section 7 and 10), run in-process unless stdin matters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import apsw
+import click
+import pytest
+from freezegun import freeze_time
+
+from orchestrator import Orchestrator
+from orchestrator.cli import cli as cli_group
+from orchestrator.cli import run
+from orchestrator.rules import hash_token
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def raw(capsys):
+    """Run ``orch`` in-process with exactly these arguments (no --db added)."""
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = run(list(args))
+        got = capsys.readouterr()
+        return Result(code, got.out, got.err)
+    return invoke
+
+
+@pytest.fixture
+def clock():
+    with freeze_time(T0) as frozen:
+        yield frozen
+
+
+def ok(r) -> None:
+    assert r.code == 0, r
+    assert r.err == "", r
+
+
+def one_error_line(r, code: int) -> str:
+    """The error contract: exit ``code``, nothing on stdout, one ``orch: error:`` line."""
+    assert r.code == code, r
+    assert r.out == "", r
+    assert r.err.startswith("orch: error: "), r
+    assert r.err.endswith("\n") and r.err.count("\n") == 1, r
+    return r.err
+
+
+def submit(cli, *args: str) -> int:
+    r = cli("submit", "--json", *args)
+    ok(r)
+    return r.json["id"]
+
+
+def claim(cli, *args: str) -> dict:
+    r = cli("claim", "--worker", "w1", *args)
+    ok(r)
+    return r.json
+
+
+# --- init, submit, claim --------------------------------------------------------------------
+
+
+def test_init(cli, db_path):
+    assert not db_path.exists()
+    r = cli("init")
+    ok(r)
+    assert str(db_path) in r.out and "schema 1" in r.out
+    assert db_path.exists()
+    r = cli("init", "--json")
+    ok(r)
+    assert r.json == {"db": str(db_path), "schema_version": 1}
+
+
+def test_submit_text_and_json(cli):
+    r = cli("submit", "--payload", '{"url": "https://example.org"}')
+    ok(r)
+    assert r.out.strip() == "submitted: item 1 (task, queue default, pending)"
+    r = cli("submit", "--json", "--queue", "crawl", "--payload", '[1, 2]', "--priority", "7",
+            "--key", "page-1", "--max-attempts", "5", "--effect", "unsafe")
+    ok(r)
+    item = r.json
+    assert item["created"] is True and item["id"] == 2
+    assert item["queue"] == "crawl" and item["payload"] == [1, 2]
+    assert item["priority"] == 7 and item["key"] == "page-1"
+    assert item["max_attempts"] == 5 and item["effect"] == "unsafe"
+    assert item["kind"] == "task" and item["status"] == "pending"
+    r = cli("submit", "--queue", "crawl", "--key", "page-1", "--payload", "3")
+    ok(r)
+    assert r.out.strip() == "exists: item 2 (task, queue crawl, pending)"
+    r = cli("submit", "--json", "--queue", "crawl", "--key", "page-1")
+    assert r.json["created"] is False and r.json["payload"] == [1, 2]
+
+
+def test_submit_delay_kind_parent(cli, clock):
+    r = cli("submit", "--json", "--delay", "2.5")
+    ok(r)
+    assert r.json["run_after"] == T0_MS + 2500
+    session = cli("submit", "--json", "--kind", "session")
+    ok(session)
+    assert session.json["kind"] == "session"
+    assert session.json["max_attempts"] == 0  # sessions: no attempt limit
+    child = cli("submit", "--json", "--parent", str(session.json["id"]), "--max-attempts", "1")
+    ok(child)
+    assert child.json["parent_id"] == session.json["id"] and child.json["kind"] == "task"
+    assert child.json["max_attempts"] == 1 and child.json["effect"] == "idempotent"
+    one_error_line(cli("submit", "--parent", "999"), 5)
+
+
+def test_submit_payload_file(cli, tmp_path):
+    f = tmp_path / "payload.json"
+    f.write_text('{"from": "file", "n": [1, 2, 3]}')
+    r = cli("submit", "--json", "--payload-file", str(f))
+    ok(r)
+    assert r.json["payload"] == {"from": "file", "n": [1, 2, 3]}
+    r = cli("submit", "--payload", "1", "--payload-file", str(f))
+    one_error_line(r, 2)
+
+
+def test_submit_payload_from_stdin(orch_cli, db_path):
+    p = orch_cli("submit", "--json", "--payload-file", "-", input='{"from": "stdin"}\n')
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["payload"] == {"from": "stdin"}
+    with Orchestrator(db_path) as o:
+        assert o.get_task(1)["payload"] == {"from": "stdin"}
+    p = orch_cli("submit", "--payload-file", "-", input="{not json")
+    assert p.returncode == 2
+    assert p.stderr.startswith("orch: error: payload") and p.stderr.count("\n") == 1
+
+
+def test_claim_prints_json_always(cli, clock):
+    iid = submit(cli, "--queue", "q", "--payload", '{"a": 1}')
+    r = cli("claim", "--worker", "w1", "--queue", "q", "--ttl", "60")
+    ok(r)
+    c = r.json  # JSON without --json
+    assert c["id"] == iid and c["status"] == "running" and c["worker_id"] == "w1"
+    assert c["attempt"] == 1 and c["fence"] == 1 and c["payload"] == {"a": 1}
+    assert c["lease_expires_at"] == T0_MS + 60_000
+    assert isinstance(c["token"], str) and c["token"]
+
+
+def test_claim_nothing_exits_3(cli):
+    cli("init")
+    r = cli("claim", "--worker", "w1")
+    assert r.code == 3 and r.out == ""
+    assert "nothing to claim" in r.err
+    r = cli("claim", "--worker", "w1", "--wait", "0.2")
+    assert r.code == 3
+
+
+def test_claim_queues_kinds_and_item(cli, clock):
+    a = submit(cli, "--queue", "a")
+    b = submit(cli, "--queue", "b", "--priority", "3")
+    s = submit(cli, "--kind", "session", "--priority", "9")
+    later = submit(cli, "--delay", "60")
+    assert claim(cli, "--queue", "a", "--queue", "b")["id"] == b
+    assert claim(cli, "--queue", "a", "--queue", "b")["id"] == a
+    assert claim(cli, "--kind", "session")["id"] == s
+    assert cli("claim", "--worker", "w1").code == 3  # `later` is delayed
+    assert claim(cli, "--item", str(later))["id"] == later  # --item ignores run_after
+    r = cli("claim", "--worker", "w2", "--item", str(later))
+    err = one_error_line(r, 6)
+    assert "w1" in err  # names the holder
+    one_error_line(cli("claim", "--worker", "w2", "--item", "999"), 5)
+
+
+def test_claim_item_takes_over_expired_lease(cli, clock):
+    iid = submit(cli)
+    old = claim(cli, "--ttl", "5")
+    clock.tick(6)
+    r = cli("claim", "--worker", "w2", "--item", str(iid))
+    ok(r)
+    assert r.json["fence"] > old["fence"] and r.json["worker_id"] == "w2"
+    one_error_line(cli("heartbeat", str(iid), "--token", old["token"]), 4)
+    types = [e["type"] for e in cli("events", "--json", "--item", str(iid)).json]
+    assert types == ["submitted", "claimed", "taken_over", "claimed"]
+
+
+# --- heartbeat, release, checkpoint, verify -----------------------------------------------
+
+
+def test_heartbeat_item_and_worker(cli, clock):
+    a = submit(cli)
+    b = submit(cli)
+    ca = claim(cli, "--ttl", "10")
+    claim(cli, "--ttl", "20")
+    clock.tick(3)
+    r = cli("heartbeat", str(a), "--token", ca["token"])
+    ok(r)
+    assert r.out.startswith(f"item {a}: lease until ")
+    r = cli("heartbeat", str(a), "--token", ca["token"], "--ttl", "4", "--json")
+    ok(r)
+    assert r.json.items() >= {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 7000,
+                              "cancel_requested": False}.items()
+    r = cli("heartbeat", "--worker", "w1")
+    ok(r)
+    assert r.out.splitlines()[0] == "worker w1: 2 lease(s) extended"
+    r = cli("heartbeat", "--worker", "w1", "--ttl", "100", "--json")
+    ok(r)
+    assert r.json["worker_id"] == "w1"
+    assert {x["id"]: x["lease_expires_at"] for x in r.json["items"]} == {
+        a: T0_MS + 103_000, b: T0_MS + 103_000}
+    # exactly one of ID or --worker, and a token with an ID
+    one_error_line(cli("heartbeat"), 2)
+    one_error_line(cli("heartbeat", str(a)), 2)
+    one_error_line(cli("heartbeat", str(a), "--token", ca["token"], "--worker", "w1"), 2)
+    one_error_line(cli("heartbeat", str(a), "--token", "nope"), 4)
+
+
+def test_heartbeat_shows_cancel_requested(cli):
+    a = submit(cli)
+    c = claim(cli)
+    r = cli("cancel", str(a))
+    ok(r)
+    assert "cancel requested" in r.out
+    r = cli("heartbeat", str(a), "--token", c["token"])
+    ok(r)
+    assert "cancel requested" in r.out
+    r = cli("heartbeat", str(a), "--token", c["token"], "--json")
+    assert r.json["cancel_requested"] is True
+    r = cli("release", str(a), "--token", c["token"], "--outcome", "failed", "--json")
+    ok(r)
+    assert r.json["status"] == "cancelled"
+
+
+def test_release_outcomes(cli, clock):
+    a, b, c, d, e = (submit(cli) for _ in range(5))
+    ca, cb, cc, cd, ce = (claim(cli) for _ in range(5))
+    assert [x["id"] for x in (ca, cb, cc, cd, ce)] == [a, b, c, d, e]
+    r = cli("release", str(a), "--token", ca["token"], "--outcome", "succeeded",
+            "--result", '{"pages": 3}')
+    ok(r)
+    assert r.out.strip() == f"item {a}: succeeded"
+    assert cli("show", str(a), "--json").json["result"] == {"pages": 3}
+    r = cli("release", str(b), "--token", cb["token"], "--outcome", "failed",
+            "--error", "boom", "--retry-in", "12.5", "--json")
+    ok(r)
+    assert r.json["status"] == "pending" and r.json["error"] == "boom"
+    assert r.json["run_after"] == T0_MS + 12_500
+    r = cli("release", str(c), "--token", cc["token"], "--outcome", "failed")
+    ok(r)
+    assert r.out.startswith(f"item {c}: pending, claimable ")
+    r = cli("release", str(d), "--token", cd["token"], "--outcome", "failed", "--no-retry",
+            "--json")
+    assert r.json["status"] == "failed"
+    r = cli("release", str(e), "--token", ce["token"], "--outcome", "requeue", "--json")
+    assert r.json["status"] == "pending" and r.json["run_after"] == T0_MS
+    # released: the token is spent
+    one_error_line(cli("release", str(a), "--token", ca["token"], "--outcome", "succeeded"), 4)
+    one_error_line(cli("release", str(a), "--token", ca["token"], "--outcome", "maybe"), 2)
+
+
+def test_checkpoint_and_verify(cli, clock):
+    a = submit(cli)
+    c = claim(cli, "--ttl", "10")
+    r = cli("checkpoint", str(a), "--token", c["token"], "--data", '{"page": 7}')
+    ok(r)
+    assert r.out.strip() == f"item {a}: checkpoint saved"
+    r = cli("checkpoint", str(a), "--token", c["token"], "--data", '{"page": 8}', "--json")
+    assert r.json["fence"] == c["fence"] and r.json["checkpoint"] == {"page": 8}
+    assert cli("show", str(a), "--json").json["checkpoint"] == {"page": 8}
+    one_error_line(cli("checkpoint", str(a), "--token", "bad", "--data", "1"), 4)
+
+    r = cli("verify", str(a), "--token", c["token"])
+    ok(r)
+    assert r.out.strip() == f"valid: item {a} is running, fence {c['fence']}"
+    r = cli("verify", str(a), "--token", c["token"], "--json")
+    assert r.code == 0 and r.json == {"valid": True, "fence": c["fence"], "status": "running"}
+    r = cli("verify", str(a), "--token", "bad")
+    assert r.code == 4 and r.out.startswith("not valid")
+    clock.tick(10)
+    r = cli("verify", str(a), "--token", c["token"], "--json")
+    assert r.code == 4 and r.json["valid"] is False
+    one_error_line(cli("verify", "999", "--token", "x"), 5)
+
+
+# --- recover, cancel, resolve -------------------------------------------------------------------
+
+
+def test_recover_and_resolve(cli, clock):
+    idem = submit(cli)
+    unsafe = submit(cli, "--effect", "unsafe")
+    c1 = claim(cli, "--ttl", "5")
+    claim(cli, "--ttl", "5")
+    clock.tick(6)
+    r = cli("status", "--json")
+    assert [x["id"] for x in r.json["expired_leases"]] == [idem, unsafe]
+    r = cli("recover", "--dry-run")
+    ok(r)
+    assert r.out.splitlines()[0] == "would recover 2 item(s)"
+    assert "-> pending" in r.out and "-> unknown" in r.out
+    r = cli("recover", "--dry-run", "--json")
+    assert r.json["dry_run"] is True and r.json["count"] == 2
+    assert cli("show", str(idem), "--json").json["status"] == "running"  # untouched
+    r = cli("recover", "--json")
+    ok(r)
+    assert {x["id"]: x["status"] for x in r.json["recovered"]} == {idem: "pending",
+                                                                   unsafe: "unknown"}
+    r = cli("recover")
+    ok(r)
+    assert r.out.strip() == "recovered 0 item(s)"
+    one_error_line(cli("heartbeat", str(idem), "--token", c1["token"]), 4)
+
+    one_error_line(cli("resolve", str(idem), "--outcome", "succeeded"), 6)
+    r = cli("resolve", str(unsafe), "--outcome", "retry")
+    ok(r)
+    assert r.out.strip() == f"item {unsafe}: pending"
+    one_error_line(cli("resolve", str(unsafe), "--outcome", "bogus"), 2)
+    one_error_line(cli("resolve", "999", "--outcome", "retry"), 5)
+
+
+def test_cancel(cli):
+    a = submit(cli)
+    r = cli("cancel", str(a))
+    ok(r)
+    assert r.out.strip() == f"item {a}: cancelled"
+    err = one_error_line(cli("cancel", str(a)), 6)
+    assert "cancelled" in err
+    b = submit(cli)
+    claim(cli)
+    r = cli("cancel", str(b), "--json")
+    ok(r)
+    assert r.json["status"] == "running" and r.json["cancel_requested"] is True
+    one_error_line(cli("cancel", "999"), 5)
+
+
+# --- reading: status, ls, show, events ------------------------------------------------------
+
+
+def test_status(cli, clock):
+    submit(cli)
+    a = submit(cli)
+    b = submit(cli)
+    cli("claim", "--worker", "alpha", "--ttl", "100")
+    cli("claim", "--worker", "beta", "--ttl", "5")
+    clock.tick(6)
+    r = cli("status")
+    ok(r)
+    assert "pending 1" in r.out and "running 2" in r.out
+    assert "workers (1 live):" in r.out
+    alpha = [line for line in r.out.splitlines() if "alpha" in line]
+    assert len(alpha) == 1 and alpha[0].rstrip().endswith("1")  # holding item 1
+    assert "expired leases not yet recovered: 1" in r.out
+    r = cli("status", "--json")
+    ok(r)
+    st = r.json
+    assert st["counts"]["running"] == 2 and st["fence"] == 2
+    assert [(w["worker_id"], w["holding"]) for w in st["workers"]] == [("alpha", [1])]
+    assert [(x["id"], x["worker_id"]) for x in st["expired_leases"]] == [(2, "beta")]
+    assert (a, b) == (2, 3)
+
+
+def test_ls(cli):
+    ids = [submit(cli, "--queue", q, "--payload", json.dumps({"n": i}))
+           for i, q in enumerate(["a", "b", "a"])]
+    s = submit(cli, "--kind", "session")
+    claim(cli, "--queue", "a")
+    r = cli("ls")
+    ok(r)
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["id", "kind", "queue", "status", "prio", "tries", "worker",
+                                "fence", "key", "payload"]
+    assert [int(line.split()[0]) for line in lines[1:]] == [s, ids[2], ids[1], ids[0]]
+    r = cli("ls", "--json")
+    assert [i["id"] for i in r.json] == [s, ids[2], ids[1], ids[0]]
+    assert [i["id"] for i in cli("ls", "--json", "--queue", "a").json] == [ids[2], ids[0]]
+    assert [i["id"] for i in cli("ls", "--json", "--status", "running").json] == [ids[0]]
+    assert [i["id"] for i in cli("ls", "--json", "--kind", "session").json] == [s]
+    assert [i["id"] for i in cli("ls", "--json", "--limit", "1").json] == [s]
+    assert len(cli("ls", "--json", "--limit", "0").json) == 4
+    r = cli("ls", "--status", "dead")
+    ok(r)
+    assert len(r.out.splitlines()) == 1  # the header only
+    one_error_line(cli("ls", "--status", "nope"), 2)
+
+
+def test_ls_limit_default_100(cli, orch):
+    orch.submit_many([{"payload": i} for i in range(102)])
+    assert len(cli("ls", "--json").json) == 100
+    assert len(cli("ls", "--json", "--limit", "0").json) == 102
+
+
+def test_show(cli, clock):
+    a = submit(cli, "--payload", '{"x": 1}', "--key", "k1")
+    r = cli("show", str(a))
+    ok(r)
+    fields = dict(line.split(None, 1) for line in r.out.splitlines())
+    assert fields["id"] == str(a) and fields["status"] == "pending"
+    assert fields["key"] == "k1" and fields["payload"] == '{"x":1}'
+    assert fields["attempts"] == "0 of 3"
+    r = cli("show", str(a), "--json")
+    ok(r)
+    item = r.json
+    for field in ("id", "kind", "queue", "parent_id", "key", "payload", "priority", "status",
+                  "attempts", "max_attempts", "run_after", "effect", "checkpoint", "result",
+                  "error", "worker_id", "fence", "lease_expires_at"):
+        assert field in item, field
+    assert item["payload"] == {"x": 1} and item["run_after"] == T0_MS
+    one_error_line(cli("show", "999"), 5)
+
+
+def test_events(cli):
+    a = submit(cli)
+    b = submit(cli)
+    c = claim(cli)
+    cli("heartbeat", str(a), "--token", c["token"])
+    r = cli("events")
+    ok(r)
+    lines = r.out.splitlines()
+    assert len(lines) == 4
+    assert lines[2].split()[:5] == ["3", lines[2].split()[1], "item", str(a), "claimed"]
+    assert "w1" in lines[2] and f"fence {c['fence']}" in lines[2]
+    r = cli("events", "--json")
+    ok(r)
+    evs = r.json
+    assert [(e["seq"], e["item_id"], e["type"]) for e in evs] == [
+        (1, a, "submitted"), (2, b, "submitted"), (3, a, "claimed"), (4, a, "heartbeat")]
+    assert [e["seq"] for e in cli("events", "--json", "--since", "2").json] == [3, 4]
+    assert [e["seq"] for e in cli("events", "--json", "--item", str(a)).json] == [1, 3, 4]
+    assert [e["seq"] for e in cli("events", "--json", "--item", str(a), "--since", "3")
+            .json] == [4]
+    r = cli("events", "--since", "4")
+    ok(r)
+    assert r.out == ""
+
+
+def test_tokens_never_printed(cli, clock):
+    a = submit(cli, "--effect", "unsafe")
+    b = submit(cli)
+    ca = claim(cli, "--ttl", "5")
+    cb = claim(cli, "--ttl", "60")
+    cli("heartbeat", str(b), "--token", cb["token"])
+    cli("checkpoint", str(b), "--token", cb["token"], "--data", '"half"')
+    clock.tick(6)
+    cli("recover")
+    cli("resolve", str(a), "--outcome", "retry")
+    ca2 = claim(cli, "--item", str(a))
+    secrets = [ca["token"], cb["token"], ca2["token"]]
+    secrets += [hash_token(t) for t in secrets]
+    outputs = []
+    for args in (["show", str(a)], ["show", str(b)], ["ls"], ["events"],
+                 ["events", "--item", str(b)], ["status"]):
+        for extra in ([], ["--json"]):
+            r = cli(*args, *extra)
+            ok(r)
+            outputs.append(r.out)
+            if extra:
+                doc = json.dumps(r.json)
+                assert '"token' not in doc, args
+    assert all(s not in out for s in secrets for out in outputs)
+    # fences are printed
+    assert str(cb["fence"]) in cli("show", str(b)).out
+
+
+# --- doctor, backup -------------------------------------------------------------------------
+
+
+def test_doctor(cli, db_path):
+    a = submit(cli)
+    claim(cli)
+    r = cli("doctor")
+    ok(r)
+    assert r.out.startswith("ok: 1 items, 2 events")
+    r = cli("doctor", "--json")
+    assert r.code == 0 and r.json["ok"] is True and r.json["problems"] == []
+    # tamper with a row behind orch's back: doctor must notice and exit 1
+    conn = apsw.Connection(str(db_path))
+    conn.execute("UPDATE items SET priority = 99 WHERE id = ?", (a,))
+    conn.close()
+    r = cli("doctor")
+    assert r.code == 1
+    assert "problem" in r.out and "priority" in r.out
+    r = cli("doctor", "--json")
+    assert r.code == 1 and r.json["ok"] is False
+    assert any("priority" in p for p in r.json["problems"])
+
+
+def test_backup(cli, tmp_path):
+    submit(cli, "--payload", '"keep me"')
+    dest = tmp_path / "copy.db"
+    r = cli("backup", str(dest))
+    ok(r)
+    assert str(dest) in r.out
+    with Orchestrator(dest) as copy:
+        assert [i["payload"] for i in copy.list_tasks()] == ["keep me"]
+        assert copy.doctor()["ok"]
+    one_error_line(cli("backup", str(dest)), 2)  # never overwrites
+    dest2 = tmp_path / "copy2.db"
+    r = cli("backup", str(dest2), "--json")
+    ok(r)
+    assert r.json == {"backup": str(dest2)}
+
+
+# --- global options, help, errors ---------------------------------------------------------
+
+
+def test_db_and_json_before_or_after_the_command(raw, tmp_path):
+    first = tmp_path / "one.db"
+    second = tmp_path / "two.db"
+    r = raw("--db", str(first), "--json", "submit", "--payload", "1")
+    ok(r)
+    assert r.json["id"] == 1
+    r = raw("submit", "--payload", "2", "--db", str(second), "--json")
+    ok(r)
+    assert r.json["id"] == 1 and second.exists()
+    r = raw("submit", "--db", str(first), "--payload", "3")
+    ok(r)
+    assert r.out.startswith("submitted: item 2")  # text without --json
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(r.out)
+    r = raw("ls", "--json", "--db", str(first))
+    assert [i["payload"] for i in r.json] == [3, 1]
+    r = raw("--json", "ls", "--db", str(second))
+    assert [i["payload"] for i in r.json] == [2]
+    r = raw("--db", str(second), "ls", "--db", str(first), "--json")
+    assert [i["payload"] for i in r.json] == [3, 1]  # the nearer --db wins
+    # the default database was never touched
+    default = tmp_path / "home" / "data" / "orchestrator.db"
+    assert not default.exists()
+    assert not (Path.cwd() / "--json").exists()
+
+
+def _all_commands(group: click.Group, prefix: str = ""):
+    for name, cmd in group.commands.items():
+        yield prefix + name, cmd
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, prefix + name + " ")
+
+
+def test_every_command_has_help(cli):
+    names = [n for n, _ in _all_commands(cli_group)]
+    for expected in ("init", "submit", "claim", "heartbeat", "release", "recover", "cancel",
+                     "checkpoint", "resolve", "verify", "status", "ls", "show", "events",
+                     "doctor", "backup"):
+        assert expected in names
+    assert (cli_group.help or "").strip()
+    for name, cmd in _all_commands(cli_group):
+        assert (cmd.help or "").strip(), f"{name} has no help"
+        assert (cmd.get_short_help_str() or "").strip(), name
+        r = cli(*name.split(), "--help")
+        assert r.code == 0, (name, r)
+        assert f"orch {name}" in r.out and "Usage:" in r.out
+        if not isinstance(cmd, click.Group):  # the common options, after the name
+            assert "--db" in r.out and "--json" in r.out, name
+    r = cli("--help")
+    assert r.code == 0 and all(n in r.out for n in cli_group.commands)
+
+
+@pytest.mark.parametrize("args,code", [
+    (["frobnicate"], 2),
+    (["claim"], 2),  # --worker missing
+    (["submit", "--priority", "high"], 2),
+    (["submit", "--nope"], 2),
+    (["show", "abc"], 2),
+    (["show", "12345"], 5),
+    (["release", "1", "--token", "t", "--outcome", "succeeded"], 5),
+    (["submit", "--payload", "{"], 2),
+    (["checkpoint", "1", "--token", "t", "--data", "1"], 5),
+])
+def test_errors_are_one_line(cli, args, code):
+    cli("init")
+    one_error_line(cli(*args), code)
+
+
+def test_errors_from_every_failing_exit_code(cli, clock):
+    a = submit(cli)
+    c = claim(cli, "--ttl", "1")
+    clock.tick(2)
+    one_error_line(cli("heartbeat", str(a), "--token", c["token"]), 4)
+    one_error_line(cli("claim", "--worker", "w", "--ttl", "0"), 2)
+    cli("recover")
+    one_error_line(cli("resolve", str(a), "--outcome", "retry"), 6)
+    one_error_line(cli("cancel", "77"), 5)
