@@ -1,0 +1,15 @@
+#!/bin/sh
+# A shell worker: claim from a queue, keep the lease alive, release with the outcome.
+# Usage: scripts/worker.sh QUEUE COMMAND...   (COMMAND gets the payload JSON on stdin)
+queue=$1; shift
+jget() { python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['$1']))"; }
+while claim=$(orch claim --worker "sh-$$" --queue "$queue" --ttl 30 --wait 5); do
+  id=$(printf '%s' "$claim" | jget id)
+  token=$(printf '%s' "$claim" | jget token | tr -d '"')
+  # Heartbeat every 10 s while the command runs; stop when the lease is lost.
+  ( while sleep 10; do orch heartbeat "$id" --token "$token" >/dev/null || exit; done ) &
+  beat=$!
+  if printf '%s' "$claim" | jget payload | "$@"; then outcome=succeeded; else outcome=failed; fi
+  kill "$beat" 2>/dev/null
+  orch release "$id" --token "$token" --outcome "$outcome"
+done

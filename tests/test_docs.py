@@ -1,0 +1,34 @@
+"""The READMEs stay true: the scripts they show are the scripts we ship and test."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READMES = [ROOT / "README.md", ROOT / "README.ko.md"]
+
+
+def code_blocks(path: Path) -> list[str]:
+    return re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", ["scripts/worker.sh", "scripts/agent_example.py"])
+def test_readme_shows_the_shipped_script(readme: Path, script: str) -> None:
+    assert (ROOT / script).read_text() in code_blocks(readme)
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+def test_readme_gives_the_ci_test_command(readme: Path) -> None:
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    first_screen = "\n".join(readme.read_text().splitlines()[:30])
+    assert ci in first_screen
+    assert ".venv/bin/orch daemon" in first_screen
+
+
+def test_both_readmes_have_the_same_shape() -> None:
+    en, ko = (p.read_text() for p in READMES)
+    assert code_blocks(en) == code_blocks(ko)
+    assert len(re.findall(r"^#+ ", en, flags=re.M)) == len(re.findall(r"^#+ ", ko, flags=re.M))
+    assert en.count("\n|") == ko.count("\n|")
