@@ -42,7 +42,7 @@ from .errors import (
     rpc_code,
 )
 from .operations import OPERATIONS
-from .store import Rollback, SQLiteStore, Tx, retry_busy
+from .store import Rollback, SQLiteStore, retry_busy
 
 MAX_GROUP = 512  # requests committed together at most
 LINE_TIMEOUT_S = 10.0  # a client that stops mid-line is dropped after this
@@ -102,12 +102,9 @@ class Writer(threading.Thread):
                 j.done(ok, value)
 
     def _commit(self, group: list[_Job]) -> list[tuple[bool, Any]]:
-        conn = self.store.conn
-
         def attempt() -> list[tuple[bool, Any]]:
             outcomes: list[tuple[bool, Any]] = []
-            with conn:
-                tx = Tx(conn)
+            with self.store.transaction() as tx:
                 for j in group:
                     fn, _ = OPERATIONS[j.op]
                     try:

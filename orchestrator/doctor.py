@@ -25,6 +25,9 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
                 prev, e["seq"], e["at"], e["item_id"], e["type"], e["worker_id"],
                 e["fence"], e["detail"]):
             problems.append(f"event log: hash chain broken at event {e['seq']}")
+        if e["type"] == "claimed" and e["fence"] != e["seq"]:
+            problems.append(f"event {e['seq']}: a claim's fence must be its sequence number, "
+                            f"found {e['fence']}")
         prev, expected_seq = e["hash"], e["seq"] + 1
         events.append(e)
     replayed = ev.replay(events)
@@ -44,7 +47,6 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
                                 f"log says {want[field]!r}")
     for item_id in replayed:
         problems.append(f"item {item_id}: in the event log but missing from items")
-    fence = tx.one("current_fence")["value"]
-    if fence < max_fence:
-        problems.append(f"fence counter {fence} is below a fence in use ({max_fence})")
+    if max_fence >= expected_seq:
+        problems.append(f"a fence ({max_fence}) is beyond the last event ({expected_seq - 1})")
     return {"items": len(items), "events": len(events)}

@@ -52,18 +52,25 @@ def state_of(row: dict, fields: tuple[str, ...]) -> dict[str, Any]:
 
 def chain_hash(prev_hash: str, seq: int, at: int, item_id: int | None, type_: str,
                worker_id: str | None, fence: int | None, detail: str) -> str:
-    material = json.dumps([prev_hash, seq, at, item_id, type_, worker_id, fence, detail],
-                          separators=(",", ":"), ensure_ascii=False)
+    # Fields joined by the unit separator, which none of them can contain unescaped
+    # (worker ids refuse control characters, detail is JSON).
+    material = "\x1f".join(map(str, (prev_hash, seq, at, item_id, type_, worker_id, fence,
+                                      detail)))
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def next_seq(tx) -> int:
+    """The sequence number the next event appended in this transaction will get."""
+    if tx.last_hash is None:
+        head = tx.one("last_event")
+        tx.last_seq, tx.last_hash = (head["seq"], head["hash"]) if head else (0, GENESIS)
+    return tx.last_seq + 1
 
 
 def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
            fence: int | None, detail: dict[str, Any]) -> int:
     """Append one event in the caller's transaction; returns its sequence number."""
-    if tx.last_hash is None:
-        head = tx.one("last_event")
-        tx.last_seq, tx.last_hash = (head["seq"], head["hash"]) if head else (0, GENESIS)
-    seq = tx.last_seq + 1
+    seq = next_seq(tx)
     text = dump_json(detail)
     h = chain_hash(tx.last_hash, seq, at, item_id, type_, worker_id, fence, text)
     tx.run("insert_event", {"seq": seq, "at": at, "item_id": item_id, "type": type_,

@@ -187,12 +187,18 @@ def claim_task(tx: Tx, now: int, *, worker_id: str, queues: list[str], ttl: int,
 
 
 def claim_row(tx: Tx, now: int, item_id: int, worker_id: str, ttl: int) -> dict:
-    fence = tx.one("next_fence")["value"]
+    # The fence is the sequence number of the 'claimed' event appended below.
+    fence = ev.next_seq(tx)
     token, token_hash = new_token()
     row = tx.one("claim_item", {"id": item_id, "worker_id": worker_id, "fence": fence,
                                 "token_hash": token_hash, "ttl": ttl, "now": now})
-    register_worker(tx, now, worker_id, row["lease_expires_at"])
+    return claimed(tx, now, row, token)
+
+
+def claimed(tx: Tx, now: int, row: dict, token: str) -> dict:
+    register_worker(tx, now, row["worker_id"], row["lease_expires_at"])
     emit(tx, now, row, "claimed", ev.CLAIMED)
+    assert tx.last_seq == row["fence"], "a claim's fence is its claimed event's sequence"
     claim = public(row)
     claim["token"] = token
     claim["attempt"] = row["attempts"]
@@ -400,7 +406,7 @@ def status(tx: Tx, now: int) -> dict:
                 "lease_expires_at": r["lease_expires_at"]}
                for r in tx.all("expired_leases", {"now": now, "limit": 1000})]
     return {"now": now, "counts": counts, "workers": workers, "expired_leases": expired,
-            "fence": tx.one("current_fence")["value"], "schema_version": SCHEMA_VERSION}
+            "fence": tx.one("max_fence")["fence"] or 0, "schema_version": SCHEMA_VERSION}
 
 
 def ping(tx: Tx, now: int) -> dict:

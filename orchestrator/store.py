@@ -55,6 +55,9 @@ MIGRATIONS: list[tuple[int, str, str]] = sorted(
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_COLUMNS: dict[str, tuple[str, ...]] = {}
+
+
 class Rollback(Exception):
     """Raised by an operation to undo its writes but still return ``result`` (dry runs)."""
 
@@ -74,13 +77,21 @@ class Tx:
         self.last_hash: str | None = None
         self.last_seq = 0
 
+    def all(self, name: str, params: dict | tuple = ()) -> list[dict]:
+        # Rows come back as dicts; a query's column names are read once and kept.
+        cur = self.conn.execute(QUERIES[name], params)
+        names = _COLUMNS.get(name)
+        if names is None:
+            try:
+                names = _COLUMNS[name] = tuple(d[0] for d in cur.get_description())
+            except apsw.ExecutionCompleteError:
+                return []  # no row: there was nothing to describe
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def one(self, name: str, params: dict | tuple = ()) -> dict | None:
         # Read to the end so no statement is left half-run inside the transaction.
-        rows = self.conn.execute(QUERIES[name], params).fetchall()
+        rows = self.all(name, params)
         return rows[0] if rows else None
-
-    def all(self, name: str, params: dict | tuple = ()) -> list[dict]:
-        return self.conn.execute(QUERIES[name], params).fetchall()
 
     def run(self, name: str, params: dict | tuple = ()) -> None:
         self.conn.execute(QUERIES[name], params).fetchall()
@@ -123,10 +134,6 @@ class Store(abc.ABC):
         """Release the connection."""
 
 
-def _dict_row(cursor: apsw.Cursor, row: tuple) -> dict:
-    return dict(zip([d[0] for d in cursor.get_description()], row))
-
-
 DEFAULT_BUSY_BUDGET_S = 10.0
 
 
@@ -152,7 +159,6 @@ def open_connection(path: Path, *, synchronous: str = "full",
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
         retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
-        conn.row_trace = _dict_row
     except BaseException:
         conn.close()
         raise
@@ -207,21 +213,46 @@ class SQLiteStore(Store):
                  busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
         self.path = Path(path)
         self.busy_budget_s = busy_budget_s
+        self._head: tuple[int, str] | None = None
+        self._head_version = -1
         try:
             self.conn = open_connection(self.path, synchronous=synchronous,
                                         busy_budget_s=busy_budget_s)
         except apsw.Error as exc:
             raise Unavailable(f"cannot open database {self.path}: {exc}") from exc
 
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One IMMEDIATE transaction; commits when the block ends without an exception.
+
+        The event chain's head is kept between transactions and trusted again only if
+        no other connection has committed since (the file's data version is unchanged),
+        which saves a read on every write.
+        """
+        with self.conn:
+            tx = Tx(self.conn)
+            if self._head is not None and self.conn.data_version() == self._head_version:
+                tx.last_seq, tx.last_hash = self._head
+            try:
+                yield tx
+            except BaseException:
+                self._head = None
+                raise
+        self._head = (tx.last_seq, tx.last_hash) if tx.last_hash is not None else None
+        self._head_version = self.conn.data_version()
+
     def write(self, fn: Callable[[Tx], T]) -> T:
         def attempt() -> T:
             try:
-                with self.conn:
-                    return fn(Tx(self.conn))
+                with self.transaction() as tx:
+                    return fn(tx)
             except Rollback as rb:
                 return rb.result
 
-        return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
+        try:
+            return self._guard(attempt)  # the common case, without the retry machinery
+        except apsw.BusyError:
+            return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         def attempt() -> T:
@@ -231,7 +262,10 @@ class SQLiteStore(Store):
             finally:
                 self.conn.execute("COMMIT")
 
-        return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
+        try:
+            return self._guard(attempt)
+        except apsw.BusyError:
+            return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
 
     def _guard(self, fn: Callable[[], T]) -> T:
         try:
@@ -254,7 +288,7 @@ class SQLiteStore(Store):
 
     def integrity_problems(self) -> list[str]:
         rows = self.conn.execute("PRAGMA integrity_check").fetchall()
-        problems = [r["integrity_check"] for r in rows]
+        problems = [r[0] for r in rows]
         return [] if problems == ["ok"] else problems
 
     def checkpoint_wal(self) -> None:

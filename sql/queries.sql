@@ -21,11 +21,8 @@ WHERE status = 'pending' AND kind = :kind AND queue = :queue AND run_after <= :n
 ORDER BY priority DESC, id
 LIMIT 1;
 
--- name: next_fence
-UPDATE fence_counter SET value = value + 1 WHERE id = 1 RETURNING value;
-
--- name: current_fence
-SELECT value FROM fence_counter WHERE id = 1;
+-- name: max_fence
+SELECT max(fence) AS fence FROM items;
 
 -- name: claim_item
 -- A takeover (the item is still 'running' here) keeps a pending cancel request.
@@ -42,7 +39,9 @@ INSERT INTO workers (worker_id, first_seen, last_seen, lease_expires_at)
 VALUES (:worker_id, :now, :now, :expires)
 ON CONFLICT (worker_id) DO UPDATE
 SET last_seen = excluded.last_seen,
-    lease_expires_at = max(lease_expires_at, excluded.lease_expires_at);
+    lease_expires_at = max(lease_expires_at, excluded.lease_expires_at)
+-- Refreshed at most once a second per worker: a claim need not rewrite this page.
+WHERE excluded.lease_expires_at > workers.lease_expires_at + 1000;
 
 -- name: extend_lease
 UPDATE items SET lease_expires_at = :expires, heartbeat_at = :now, updated_at = :now
@@ -50,7 +49,7 @@ WHERE id = :id
 RETURNING *;
 
 -- name: live_leases_of_worker
-SELECT * FROM items INDEXED BY items_holder
+SELECT * FROM items INDEXED BY items_lease
 WHERE status = 'running' AND worker_id = :worker_id AND lease_expires_at > :now
 ORDER BY id;
 
@@ -95,7 +94,7 @@ LIMIT :limit;
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
 -- name: running_by_worker
-SELECT worker_id, id FROM items INDEXED BY items_holder
+SELECT worker_id, id FROM items INDEXED BY items_lease
 WHERE status = 'running'
 ORDER BY worker_id, id;
 

@@ -22,7 +22,7 @@ def snapshot(db_path: Path) -> dict:
     conn = apsw.Connection(str(db_path))
     try:
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("items", "event_log", "workers", "fence_counter")}
+                for t in ("items", "event_log", "workers")}
     finally:
         conn.close()
 

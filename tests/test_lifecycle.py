@@ -42,7 +42,7 @@ def snapshot(db_path: Path) -> dict:
     conn = apsw.Connection(str(db_path))
     try:
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("items", "event_log", "workers", "fence_counter")}
+                for t in ("items", "event_log", "workers")}
     finally:
         conn.close()
 
@@ -93,18 +93,18 @@ def test_submit_claim_heartbeat_release_succeeded(orch, clock):
     assert claim["status"] == "running"
     assert claim["attempt"] == 1 and claim["attempts"] == 1
     assert claim["worker_id"] == "w1"
-    assert claim["fence"] == 1
+    assert claim["fence"] == 2  # the seq of its 'claimed' event, after 'submitted' (1)
     assert isinstance(claim["token"], str) and len(claim["token"]) >= 16
     assert claim["lease_expires_at"] == T0_MS + 1000 + 10_000
     assert claim["payload"] == {"n": 1} and claim["checkpoint"] is None
     assert claim["kind"] == "task" and claim["queue"] == "q1" and claim["parent_id"] is None
-    assert orch.verify(iid, claim["token"]) == {"valid": True, "fence": 1, "status": "running"}
+    assert orch.verify(iid, claim["token"]) == {"valid": True, "fence": 2, "status": "running"}
     # nothing else to claim
     assert orch.claim_task("w2", ["q1"]) is None
 
     clock.tick(4)
     hb = orch.heartbeat(iid, claim["token"])
-    assert hb.items() >= {"id": iid, "fence": 1, "lease_expires_at": T0_MS + 5000 + 10_000,
+    assert hb.items() >= {"id": iid, "fence": 2, "lease_expires_at": T0_MS + 5000 + 10_000,
                           "cancel_requested": False}.items()
     got = orch.get_task(iid)
     assert got["lease_expires_at"] == T0_MS + 15_000
@@ -117,16 +117,16 @@ def test_submit_claim_heartbeat_release_succeeded(orch, clock):
     assert done["error"] is None
     assert done["lease_expires_at"] is None
     # the last holder is still named
-    assert done["worker_id"] == "w1" and done["fence"] == 1
+    assert done["worker_id"] == "w1" and done["fence"] == 2
     assert orch.get_task(iid) == done
-    assert orch.verify(iid, claim["token"]) == {"valid": False, "fence": 1,
+    assert orch.verify(iid, claim["token"]) == {"valid": False, "fence": 2,
                                                "status": "succeeded"}
     assert orch.claim_task("w1", ["q1"]) is None
 
     evs = events_of(orch, iid)
     assert [e["type"] for e in evs] == ["submitted", "claimed", "heartbeat", "released"]
     assert [e["at"] for e in evs] == [T0_MS, T0_MS + 1000, T0_MS + 5000, T0_MS + 6000]
-    assert evs[1]["worker_id"] == "w1" and evs[1]["fence"] == 1
+    assert evs[1]["worker_id"] == "w1" and evs[1]["fence"] == 2 == evs[1]["seq"]
     assert evs[3]["detail"]["outcome"] == "succeeded"
     assert evs[3]["detail"]["status"] == "succeeded"
     assert orch.doctor()["ok"]
@@ -769,7 +769,7 @@ def test_status_workers_and_expired_leases(orch, clock):
     assert st["now"] == now_ms()
     assert st["counts"] == {"pending": 1, "running": 3, "succeeded": 0, "failed": 0,
                             "dead": 0, "cancelled": 0, "unknown": 0}
-    assert st["fence"] == cc["fence"] == 3
+    assert st["fence"] == cc["fence"] > cb["fence"] > ca["fence"]
     workers = {w["worker_id"]: w for w in st["workers"]}
     assert set(workers) == {"w1"}  # w2's only lease expired
     assert workers["w1"]["holding"] == [a, b]

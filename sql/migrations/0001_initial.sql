@@ -1,5 +1,5 @@
--- The first schema: work items with their leases, workers, the fence counter and the
--- append-only, hash-chained event log. Applied in one transaction with user_version.
+-- The first schema: work items with their leases, workers, and the append-only,
+-- hash-chained event log. Applied in one transaction with user_version.
 
 CREATE TABLE items (
     id               INTEGER PRIMARY KEY,
@@ -38,12 +38,8 @@ CREATE INDEX items_claimable ON items (kind, queue, priority DESC, id, run_after
     WHERE status = 'pending';
 -- Recovery: only running items, ordered by expiry, so a pass costs what has expired.
 CREATE INDEX items_lease ON items (lease_expires_at) WHERE status = 'running';
--- What a worker holds (worker heartbeat, status).
-CREATE INDEX items_holder ON items (worker_id) WHERE status = 'running';
 -- Children of a session or goal (cascade, replay).
 CREATE INDEX items_parent ON items (parent_id) WHERE parent_id IS NOT NULL;
--- Listing newest first by status.
-CREATE INDEX items_status ON items (status, id);
 
 CREATE TABLE workers (
     worker_id        TEXT    PRIMARY KEY,
@@ -52,13 +48,8 @@ CREATE TABLE workers (
     lease_expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- One row: the last fence handed out. Bumped inside every claim's transaction, so a
--- fence is never handed out twice, across restarts and crashes.
-CREATE TABLE fence_counter (
-    id    INTEGER PRIMARY KEY CHECK (id = 1),
-    value INTEGER NOT NULL
-);
-INSERT INTO fence_counter (id, value) VALUES (1, 0);
+-- There is no fence counter: a claim's fence is the sequence number of its 'claimed'
+-- event, which is unique, only grows, and commits or vanishes with the claim.
 
 CREATE TABLE event_log (
     seq       INTEGER PRIMARY KEY,
