@@ -97,7 +97,12 @@ class Writer(threading.Thread):
                     stopping = True
                     break
                 group.append(nxt)
-            outcomes = self._commit(group)
+            try:
+                outcomes = self._commit(group)
+            except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
+                logger.exception("group commit failed")
+                outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
+                    * len(group)
             for j, (ok, value) in zip(group, outcomes, strict=True):
                 j.done(ok, value)
 
@@ -119,6 +124,10 @@ class Writer(threading.Thread):
                     except apsw.Error as exc:
                         logger.bind(method=j.op).exception("request failed in the database")
                         outcomes.append((False, Unavailable(f"database error: {exc}")))
+                    except Exception as exc:  # noqa: BLE001 -- fail the request, not the writer
+                        logger.bind(method=j.op).exception("internal error")
+                        outcomes.append((False, OrchError(
+                            f"internal error: {type(exc).__name__}")))
             return outcomes
 
         try:
@@ -171,6 +180,15 @@ class Waiters:
                 if not w.woken.done():
                     w.woken.set_result(True)
                 n -= 1
+
+    def any_for(self, kind: str, queue: str) -> bool:
+        return any(kind in w.kinds and queue in w.queues for w in self.parked)
+
+    def pass_on(self, w: _Waiter) -> None:
+        """A woken claim whose client has gone hands its wake-up to another."""
+        for kind in w.kinds:
+            for name in w.queues:
+                self.wake(kind, name)
 
     def wake_all(self) -> None:
         for w in self.parked:
@@ -348,7 +366,12 @@ class Daemon:
                 continue
             if item["run_after"] <= now:
                 self.waiters.wake(item["kind"], item["queue"])
-            # A delayed item is found by the waiters' own timers (next_due).
+            elif self.waiters.any_for(item["kind"], item["queue"]):
+                # Claims parked before this delayed item existed: wake one when it is due.
+                # (A claim parking later finds it through its own next-due timer.)
+                asyncio.get_running_loop().call_later(
+                    (item["run_after"] - now) / 1000, self.waiters.wake, item["kind"],
+                    item["queue"])
 
     async def _read(self, op: str, kwargs: dict) -> tuple[bool, Any]:
         def run() -> tuple[bool, Any]:
@@ -359,18 +382,19 @@ class Daemon:
                 return False, exc
         return await asyncio.get_running_loop().run_in_executor(self.pool, run)
 
-    async def call(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+    async def call(self, op: str, kwargs: dict,
+                   gone: Callable[[], bool] = lambda: False) -> tuple[bool, Any]:
         if op == "ping":
             return True, {"pong": True, "now": clock.now_ms(), "db": str(self.db),
                           "pid": os.getpid(), "mode": "daemon"}
         if op == "claim_task" and kwargs["wait"] and kwargs["item_id"] is None:
-            return await self._claim_waiting(kwargs)
+            return await self._claim_waiting(kwargs, gone)
         if op == "execute_tool_idempotent" and kwargs["wait"]:
             return await self._execution_waiting(kwargs)
         _, writes = OPERATIONS[op]
         return await (self._write(op, kwargs) if writes else self._read(op, kwargs))
 
-    async def _claim_waiting(self, kwargs: dict) -> tuple[bool, Any]:
+    async def _claim_waiting(self, kwargs: dict, gone: Callable[[], bool]) -> tuple[bool, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + kwargs["wait"] / 1000
         while True:
@@ -378,6 +402,10 @@ class Daemon:
             # park still wakes this claim.
             waiter = self.waiters.add(kwargs["kinds"], kwargs["queues"])
             try:
+                if gone():  # nobody to hand a claim to: let another waiter have it
+                    if waiter.woken.done():
+                        self.waiters.pass_on(waiter)
+                    return True, None
                 ok, claim = await self._write("claim_task", kwargs)
                 left = deadline - loop.time()
                 if not ok or claim is not None or left <= 0 or self.stopping.is_set():
@@ -463,7 +491,8 @@ class Daemon:
                     continue
                 self.inflight += 1
                 try:
-                    reply = await self._handle_line(line)
+                    reply = await self._handle_line(
+                        line, lambda: reader.at_eof() or writer.is_closing())
                 finally:
                     self.inflight -= 1
                     if not self.inflight:
@@ -480,7 +509,7 @@ class Daemon:
         writer.write(protocol.encode(message))
         await writer.drain()
 
-    async def _handle_line(self, line: bytes) -> Any:
+    async def _handle_line(self, line: bytes, gone: Callable[[], bool]) -> Any:
         try:
             message = json.loads(line)
         except RecursionError:
@@ -489,19 +518,19 @@ class Daemon:
         except ValueError as exc:
             return protocol.error(None, RPC_PARSE_ERROR, f"parse error: {exc}",
                                   {"reason": "parse"})
-        if validate.json_depth(message) > protocol.MAX_MESSAGE_DEPTH:
+        if validate.json_depth(message, protocol.MAX_MESSAGE_DEPTH) > protocol.MAX_MESSAGE_DEPTH:
             return protocol.error(None, 1004, f"JSON nested deeper than "
                                   f"{protocol.MAX_MESSAGE_DEPTH} levels", {"reason": "limit"})
         if isinstance(message, list):
             if not message:
                 return protocol.error(None, RPC_INVALID_REQUEST, "empty batch",
                                       {"reason": "invalid_request"})
-            replies = await asyncio.gather(*(self._handle(m) for m in message))
+            replies = await asyncio.gather(*(self._handle(m, gone) for m in message))
             replies = [r for r in replies if r is not None]
             return replies or None
-        return await self._handle(message)
+        return await self._handle(message, gone)
 
-    async def _handle(self, msg: Any) -> dict | None:
+    async def _handle(self, msg: Any, gone: Callable[[], bool]) -> dict | None:
         if not isinstance(msg, dict):
             return protocol.error(None, RPC_INVALID_REQUEST, "a request must be an object",
                                   {"reason": "invalid_request"})
@@ -526,7 +555,7 @@ class Daemon:
                 if not isinstance(params, dict):
                     raise InvalidInput("params must be an object with named parameters",
                                        data={"field": "params"})
-                ok, value = await self.call(op, validate.check(op, params))
+                ok, value = await self.call(op, validate.check(op, params), gone)
             except OrchError as exc:
                 ok, value = False, exc
             except Exception as exc:  # never let one request take the daemon down

@@ -38,8 +38,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 REQUIRED = object()
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion.
+
+    Stops counting once past ``limit``: anything returned above it means "too deep".
+    """
     deepest = 0
     stack = [(value, 0)]
     while stack:
@@ -54,7 +57,7 @@ def json_depth(value: Any) -> int:
             continue
         if d > deepest:
             deepest = d
-            if d > MAX_DEPTH:  # stop early on hostile input
+            if d > limit:  # stop early on hostile input
                 return d
     return deepest
 
@@ -84,6 +87,15 @@ def parse_json_text(field: str, text: str) -> Any:
 # --- field checkers: (field name, raw value) -> normalised value ---------------------
 
 
+def utf8_size(field: str, s: str) -> int:
+    """Bytes of ``s`` in UTF-8; a lone surrogate (valid JSON, not UTF-8) is invalid."""
+    try:
+        return len(s.encode())
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field}: not valid Unicode (a lone surrogate)",
+                           data={"field": field}) from None
+
+
 def json_value(field: str, v: Any) -> str:
     if json_depth(v) > MAX_DEPTH:
         raise LimitExceeded(f"{field}: JSON is nested deeper than {MAX_DEPTH} levels",
@@ -92,7 +104,7 @@ def json_value(field: str, v: Any) -> str:
         text = dump_json(v)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{field}: not a JSON value ({exc})", data={"field": field}) from None
-    if len(text.encode()) > MAX_VALUE_BYTES:
+    if utf8_size(field, text) > MAX_VALUE_BYTES:
         raise LimitExceeded(f"{field}: JSON text is over {MAX_VALUE_BYTES} bytes",
                             data={"field": field, "limit": MAX_VALUE_BYTES})
     return text
@@ -148,7 +160,7 @@ def text(max_bytes: int) -> Callable[[str, Any], str]:
             raise _type_error(field, "a string", v)
         if not v:
             raise InvalidInput(f"{field}: must not be empty", data={"field": field})
-        if len(v.encode("utf-8", "surrogatepass")) > max_bytes:
+        if utf8_size(field, v) > max_bytes:
             raise LimitExceeded(f"{field}: over {max_bytes} bytes of UTF-8",
                                 data={"field": field, "limit": max_bytes})
         return v
@@ -166,6 +178,7 @@ def worker(field: str, v: Any) -> str:
     if not 1 <= len(v) <= MAX_WORKER_CHARS or _CONTROL.search(v):
         raise InvalidInput(f"{field}: must be 1 to {MAX_WORKER_CHARS} characters, "
                            "no control characters", data={"field": field})
+    utf8_size(field, v)
     return v
 
 

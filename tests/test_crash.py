@@ -14,8 +14,8 @@ from pathlib import Path
 
 import apsw
 import pytest
-
 from conftest import orch_process
+
 from orchestrator import LeaseLost, Orchestrator
 
 HELPERS = Path(__file__).resolve().parent / "helpers"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import apsw
 import pytest
-
 from conftest import ROOT, orch_process
+
 from orchestrator import Orchestrator, SchemaTooNew
 from orchestrator.store import QUERIES, SCHEMA_VERSION, SQL_DIR, load_queries
 

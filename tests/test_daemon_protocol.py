@@ -1,0 +1,679 @@
+"""The daemon's wire protocol (SPEC sections 7, 8 and 10), spoken raw over its Unix socket.
+
+Every method that protocol.METHODS serves gets a success call and its documented error;
+then the JSON-RPC framing (parse errors, invalid requests, batches, notifications,
+params by position), and the CLI through the daemon against the CLI embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import apsw
+import pytest
+from conftest import orch_process
+from helpers.daemon_wire import Raw, wait_until
+
+from orchestrator import protocol
+
+MIB = 1 << 20
+LEASE_LOST, NOT_FOUND, CONFLICT, LIMIT = 1001, 1002, 1003, 1004
+PARSE, INVALID_REQUEST, NO_METHOD, INVALID_PARAMS = -32700, -32600, -32601, -32602
+
+SPEC_METHODS = ["submitTask", "claimTask", "heartbeat", "releaseTask", "staleRecovery",
+                "cancelTask", "checkpoint", "resolveTask", "getTask", "listTasks",
+                "listEvents", "status", "startSession", "resumeSession", "createGoal",
+                "executeToolIdempotent", "verify", "ping"]
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    return start_daemon()
+
+
+@pytest.fixture
+def raw(daemon):
+    with Raw(daemon.sock) as r:
+        yield r
+
+
+def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def claimed(raw: Raw, queue: str, ttl: float = 30, **kw) -> dict:
+    raw.result("submitTask", {"queue": queue, "payload": {"q": queue}, **kw})
+    c = raw.result("claimTask", {"worker_id": "w-" + queue, "queues": [queue], "ttl": ttl})
+    assert c is not None and c["queue"] == queue
+    return c
+
+
+def assert_error(err: dict, code: int, reason: str | None = None) -> None:
+    assert err["code"] == code, err
+    assert isinstance(err["message"], str) and err["message"]
+    if reason is not None:
+        assert err["data"]["reason"] == reason, err
+
+
+# --- every method: one success, its documented error ----------------------------------
+
+
+def test_every_spec_method_is_served(raw):
+    assert set(SPEC_METHODS) <= set(protocol.METHODS)
+    for method in SPEC_METHODS:
+        r = raw.call(method, {"no_such_param": 1})
+        assert r["error"]["code"] == INVALID_PARAMS, (method, r)  # known, params checked
+        assert r["error"]["data"]["field"] == "no_such_param"
+
+
+def test_ping(raw, daemon):
+    r = raw.result("ping")
+    assert r["pong"] is True and r["mode"] == "daemon"
+    assert Path(r["db"]) == daemon.db.resolve()
+    assert r["pid"] == daemon.proc.pid
+    assert abs(r["now"] - time.time() * 1000) < 5000
+    assert_error(raw.error("ping", {"verbose": True}), INVALID_PARAMS, "invalid")
+
+
+def test_submit_task(raw):
+    a = raw.result("submitTask", {"payload": {"url": "x"}, "queue": "sub", "key": "k1",
+                                  "priority": 5})
+    assert a["created"] is True and a["status"] == "pending" and a["queue"] == "sub"
+    assert a["payload"] == {"url": "x"} and a["priority"] == 5 and a["kind"] == "task"
+    assert a["effect"] == "idempotent" and a["max_attempts"] == 3
+    again = raw.result("submitTask", {"payload": {"other": 1}, "queue": "sub", "key": "k1"})
+    assert again["created"] is False and again["id"] == a["id"]
+    assert again["payload"] == {"url": "x"}
+    assert raw.result("submitTask", {"queue": "sub", "effect": "unsafe"})["effect"] == "unsafe"
+    # bad input: wrong type, bad name, over a limit
+    e = raw.error("submitTask", {"priority": "high"})
+    assert_error(e, INVALID_PARAMS, "invalid")
+    assert e["data"]["field"] == "priority"
+    e = raw.error("submitTask", {"queue": "no spaces"})
+    assert_error(e, INVALID_PARAMS)
+    assert e["data"]["field"] == "queue"
+    e = raw.error("submitTask", {"key": "k" * 513})
+    assert_error(e, LIMIT, "limit")
+    assert e["data"]["field"] == "key" and e["data"]["limit"] == 512
+    e = raw.error("submitTask", {"kind": "process"})
+    assert_error(e, INVALID_PARAMS)
+    assert len(raw.result("listTasks", {"queue": "sub"})) == 2
+
+
+def test_payload_limit_is_one_mib_of_json_text(raw):
+    # a JSON string's text is its characters plus two quotes
+    at_limit = "x" * (MIB - 2)
+    ok = raw.result("submitTask", {"queue": "big", "payload": at_limit}, timeout=30)
+    assert ok["created"] is True
+    e = raw.error("submitTask", {"queue": "big", "payload": at_limit + "x"}, timeout=30)
+    assert_error(e, LIMIT, "limit")
+    assert e["data"]["field"] == "payload" and e["data"]["limit"] == MIB
+    assert len(raw.result("listTasks", {"queue": "big"})) == 1
+
+
+def test_submit_many(raw):
+    items = raw.result("submitMany", {"items": [{"queue": "m", "key": f"m{i}"}
+                                                for i in range(3)]})
+    assert [i["created"] for i in items] == [True] * 3
+    assert_error(raw.error("submitMany", {"items": {"queue": "m"}}), INVALID_PARAMS)
+    # one bad item fails the whole call: nothing of it is written
+    e = raw.error("submitMany", {"items": [{"queue": "m", "key": "m9"},
+                                           {"queue": "m", "parent_id": 999_999}]})
+    assert_error(e, NOT_FOUND, "not_found")
+    assert sorted(i["key"] for i in raw.result("listTasks", {"queue": "m"})) == \
+        ["m0", "m1", "m2"]
+
+
+def test_claim_task(raw):
+    assert raw.result("claimTask", {"worker_id": "w", "queues": ["empty"]}) is None
+    low = raw.result("submitTask", {"queue": "cq", "priority": 1})
+    high = raw.result("submitTask", {"queue": "cq", "priority": 9, "payload": [1]})
+    c = raw.result("claimTask", {"worker_id": "w1", "queues": ["cq"], "ttl": 10})
+    assert c["id"] == high["id"] and c["status"] == "running" and c["worker_id"] == "w1"
+    assert c["attempt"] == 1 and isinstance(c["token"], str) and c["token"]
+    assert isinstance(c["fence"], int) and c["payload"] == [1]
+    assert 9_000 <= c["lease_expires_at"] - time.time() * 1000 <= 11_000
+    # item_id on a live lease: CONFLICT naming the holder and its expiry
+    e = raw.error("claimTask", {"worker_id": "w2", "item_id": high["id"]})
+    assert_error(e, CONFLICT, "conflict")
+    assert e["data"]["worker_id"] == "w1"
+    assert e["data"]["lease_expires_at"] == c["lease_expires_at"]
+    assert_error(raw.error("claimTask", {"worker_id": "w2", "item_id": 987_654}),
+                 NOT_FOUND, "not_found")
+    assert_error(raw.error("claimTask", {"queues": ["cq"]}), INVALID_PARAMS)  # no worker_id
+    assert_error(raw.error("claimTask", {"worker_id": "w2", "ttl": 0}), LIMIT, "limit")
+    assert_error(raw.error("claimTask", {"worker_id": "w2", "ttl": "10"}), INVALID_PARAMS)
+    c2 = raw.result("claimTask", {"worker_id": "w2", "item_id": low["id"]})
+    assert c2["id"] == low["id"] and c2["fence"] > c["fence"]
+
+
+def test_heartbeat(raw):
+    c = claimed(raw, "hb", ttl=5)
+    hb = raw.result("heartbeat", {"item_id": c["id"], "token": c["token"], "ttl": 60})
+    assert hb["id"] == c["id"] and hb["fence"] == c["fence"]
+    assert hb["cancel_requested"] is False
+    assert hb["lease_expires_at"] > c["lease_expires_at"] + 50_000
+    w = raw.result("heartbeat", {"worker_id": "w-hb"})
+    assert [x["id"] for x in w["items"]] == [c["id"]]
+    e = raw.error("heartbeat", {"item_id": c["id"], "token": "not-the-token"})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    assert e["data"]["item_id"] == c["id"]
+    assert_error(raw.error("heartbeat", {}), INVALID_PARAMS)
+    assert_error(raw.error("heartbeat", {"item_id": c["id"]}), INVALID_PARAMS)
+
+
+def test_release_task(raw):
+    c = claimed(raw, "rel")
+    done = raw.result("releaseTask", {"item_id": c["id"], "token": c["token"],
+                                      "outcome": "succeeded", "result": {"pages": 3}})
+    assert done["status"] == "succeeded" and done["result"] == {"pages": 3}
+    # the same (now stale) token again
+    e = raw.error("releaseTask", {"item_id": c["id"], "token": c["token"],
+                                  "outcome": "failed"})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    assert e["data"]["item_id"] == c["id"] and e["data"]["status"] == "succeeded"
+    assert raw.result("getTask", {"item_id": c["id"]})["status"] == "succeeded"
+    c2 = claimed(raw, "rel2")
+    assert_error(raw.error("releaseTask", {"item_id": c2["id"], "token": c2["token"],
+                                           "outcome": "done"}), INVALID_PARAMS)
+    assert_error(raw.error("releaseTask", {"item_id": c2["id"], "token": c2["token"]}),
+                 INVALID_PARAMS)
+    back = raw.result("releaseTask", {"item_id": c2["id"], "token": c2["token"],
+                                      "outcome": "failed", "error": "boom", "retry_in": 0})
+    assert back["status"] == "pending" and back["error"] == "boom"
+
+
+def test_stale_recovery(start_daemon):
+    d = start_daemon("--recover-every", "600")  # the test runs recovery itself
+    with Raw(d.sock) as raw:
+        c = claimed(raw, "rec", ttl=0.05)
+        assert wait_until(lambda: raw.result("status")["expired_leases"], 5)
+        dry = raw.result("staleRecovery", {"dry_run": True})
+        assert dry["dry_run"] is True and dry["count"] == 1
+        assert dry["recovered"][0]["id"] == c["id"]
+        assert dry["recovered"][0]["status"] == "pending"
+        assert raw.result("getTask", {"item_id": c["id"]})["status"] == "running"
+        real = raw.result("staleRecovery", {})
+        assert real["count"] == 1 and real["recovered"][0]["id"] == c["id"]
+        assert real["recovered"][0]["fence"] == c["fence"]
+        assert raw.result("getTask", {"item_id": c["id"]})["status"] == "pending"
+        assert raw.result("staleRecovery")["count"] == 0  # twice does nothing
+        assert_error(raw.error("staleRecovery", {"dry_run": "yes"}), INVALID_PARAMS)
+
+
+def test_daemon_recovers_by_itself(raw):
+    c = claimed(raw, "selfrec", ttl=0.05)
+    assert wait_until(lambda: raw.result("getTask", {"item_id": c["id"]})["status"]
+                      == "pending", 5)
+    types = [e["type"] for e in raw.result("listEvents", {"item_id": c["id"]})]
+    assert types[-1] == "expired"
+
+
+def test_cancel_task(raw):
+    p = raw.result("submitTask", {"queue": "can"})
+    assert raw.result("cancelTask", {"item_id": p["id"]})["status"] == "cancelled"
+    c = claimed(raw, "can2")
+    r = raw.result("cancelTask", {"item_id": c["id"]})
+    assert r["status"] == "running" and r["cancel_requested"] is True
+    hb = raw.result("heartbeat", {"item_id": c["id"], "token": c["token"]})
+    assert hb["cancel_requested"] is True
+    raw.result("releaseTask", {"item_id": c["id"], "token": c["token"],
+                               "outcome": "succeeded"})
+    e = raw.error("cancelTask", {"item_id": c["id"]})
+    assert_error(e, CONFLICT, "conflict")
+    assert e["data"]["status"] == "succeeded"
+    assert_error(raw.error("cancelTask", {"item_id": 424_242}), NOT_FOUND, "not_found")
+    assert_error(raw.error("cancelTask", {"item_id": 0}), LIMIT)
+
+
+def test_checkpoint(raw):
+    c = claimed(raw, "ck")
+    r = raw.result("checkpoint", {"item_id": c["id"], "token": c["token"],
+                                  "data": {"page": 7}})
+    assert r == {"id": c["id"], "fence": c["fence"], "checkpoint": {"page": 7}}
+    raw.result("releaseTask", {"item_id": c["id"], "token": c["token"], "outcome": "requeue"})
+    again = raw.result("claimTask", {"worker_id": "next", "queues": ["ck"]})
+    assert again["id"] == c["id"] and again["checkpoint"] == {"page": 7}
+    e = raw.error("checkpoint", {"item_id": c["id"], "token": c["token"], "data": 1})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    e = raw.error("checkpoint", {"item_id": c["id"], "token": again["token"],
+                                 "data": "y" * MIB})
+    assert_error(e, LIMIT, "limit")
+    assert e["data"]["field"] == "data"
+    assert_error(raw.error("checkpoint", {"item_id": c["id"], "token": again["token"]}),
+                 INVALID_PARAMS)
+    assert raw.result("getTask", {"item_id": c["id"]})["checkpoint"] == {"page": 7}
+
+
+def test_resolve_task(start_daemon):
+    d = start_daemon("--recover-every", "600")
+    with Raw(d.sock) as raw:
+        c = claimed(raw, "res", ttl=0.05, effect="unsafe")
+        assert wait_until(lambda: raw.result("status")["expired_leases"], 5)
+        rec = raw.result("staleRecovery")
+        assert rec["recovered"][0]["status"] == "unknown"
+        e = raw.error("resolveTask", {"item_id": c["id"], "outcome": "maybe"})
+        assert_error(e, INVALID_PARAMS)
+        r = raw.result("resolveTask", {"item_id": c["id"], "outcome": "retry"})
+        assert r["status"] == "pending"
+        e = raw.error("resolveTask", {"item_id": c["id"], "outcome": "succeeded"})
+        assert_error(e, CONFLICT, "conflict")
+        assert_error(raw.error("resolveTask", {"item_id": 55_555, "outcome": "failed"}),
+                     NOT_FOUND)
+
+
+def test_get_task(raw):
+    c = claimed(raw, "get")
+    item = raw.result("getTask", {"item_id": c["id"]})
+    assert item["id"] == c["id"] and item["status"] == "running"
+    assert item["fence"] == c["fence"] and item["worker_id"] == "w-get"
+    assert "token" not in item and "token_hash" not in item
+    assert c["token"] not in json.dumps(item)
+    e = raw.error("getTask", {"item_id": 31_337})
+    assert_error(e, NOT_FOUND, "not_found")
+    assert e["data"]["item_id"] == 31_337
+    assert_error(raw.error("getTask", {"item_id": "1"}), INVALID_PARAMS)
+    assert_error(raw.error("getTask", {}), INVALID_PARAMS)
+
+
+def test_list_tasks(raw):
+    ids = [raw.result("submitTask", {"queue": "ls"})["id"] for _ in range(3)]
+    listed = raw.result("listTasks", {"queue": "ls"})
+    assert [i["id"] for i in listed] == ids[::-1]  # newest first
+    assert [i["id"] for i in raw.result("listTasks", {"queue": "ls", "limit": 2})] == \
+        ids[:0:-1]
+    assert raw.result("listTasks", {"queue": "ls", "status": "running"}) == []
+    assert_error(raw.error("listTasks", {"status": "busy"}), INVALID_PARAMS)
+    assert_error(raw.error("listTasks", {"limit": -1}), LIMIT, "limit")
+
+
+def test_list_events(raw):
+    c = claimed(raw, "ev")
+    raw.result("releaseTask", {"item_id": c["id"], "token": c["token"], "outcome": "succeeded"})
+    evs = raw.result("listEvents", {"item_id": c["id"]})
+    assert [e["type"] for e in evs] == ["submitted", "claimed", "released"]
+    assert evs[-1]["detail"]["outcome"] == "succeeded"
+    assert evs[-1]["detail"]["status"] == "succeeded"
+    assert all(c["token"] not in json.dumps(e) for e in evs)
+    later = raw.result("listEvents", {"since": evs[0]["seq"]})
+    assert [e["seq"] for e in later] == [e["seq"] for e in evs[1:]]
+    assert_error(raw.error("listEvents", {"since": "x"}), INVALID_PARAMS)
+    assert_error(raw.error("listEvents", {"item_id": 0}), LIMIT)
+
+
+def test_status(raw):
+    claimed(raw, "st")
+    raw.result("submitTask", {"queue": "st"})
+    st = raw.result("status")
+    assert st["counts"]["running"] == 1 and st["counts"]["pending"] == 1
+    assert [w["worker_id"] for w in st["workers"]] == ["w-st"]
+    assert st["fence"] >= 1 and st["expired_leases"] == []
+    assert_error(raw.error("status", {"verbose": 1}), INVALID_PARAMS)
+
+
+def test_verify(raw):
+    c = claimed(raw, "ver")
+    assert raw.result("verify", {"item_id": c["id"], "token": c["token"]}) == \
+        {"valid": True, "fence": c["fence"], "status": "running"}
+    assert raw.result("verify", {"item_id": c["id"], "token": "guess"})["valid"] is False
+    assert_error(raw.error("verify", {"item_id": 8_888, "token": "t"}), NOT_FOUND)
+    assert_error(raw.error("verify", {"item_id": c["id"]}), INVALID_PARAMS)
+
+
+def test_start_and_resume_session(start_daemon):
+    d = start_daemon("--recover-every", "600")  # the session's lease is taken over, not recovered
+    with Raw(d.sock) as raw:
+        s = raw.result("startSession", {"worker_id": "agent", "key": "run-1", "ttl": 0.3,
+                                        "payload": {"goal": "x"}})
+        assert s["created"] is True and s["kind"] == "session" and s["status"] == "running"
+        assert s["token"] and s["attempt"] == 1 and s["payload"] == {"goal": "x"}
+        assert s["max_attempts"] == 0 and s["effect"] == "idempotent"
+        # the same key while the lease is live: a resume, refused as a conflict
+        e = raw.error("startSession", {"worker_id": "agent2", "key": "run-1"})
+        assert_error(e, CONFLICT, "conflict")
+        assert_error(raw.error("startSession", {"key": "run-2"}), INVALID_PARAMS)
+        raw.result("checkpoint", {"item_id": s["id"], "token": s["token"],
+                                  "data": {"step": 4}})
+        assert_error(raw.error("resumeSession", {"session_id": s["id"], "worker_id": "b"}),
+                     CONFLICT)
+        assert wait_until(lambda: raw.result("status")["expired_leases"], 5)
+        r = raw.result("resumeSession", {"session_id": s["id"], "worker_id": "agent2",
+                                         "ttl": 30})
+        assert r["id"] == s["id"] and r["checkpoint"] == {"step": 4}
+        assert r["fence"] > s["fence"] and r["worker_id"] == "agent2" and r["attempt"] == 2
+        assert_error(raw.error("heartbeat", {"item_id": s["id"], "token": s["token"]}),
+                     LEASE_LOST)
+        # once agent2 gives it back, the same key resumes it for agent3
+        raw.result("releaseTask", {"item_id": s["id"], "token": r["token"],
+                                   "outcome": "requeue"})
+        again = raw.result("startSession", {"worker_id": "agent3", "key": "run-1"})
+        assert again["id"] == s["id"] and again["created"] is False
+        assert again["worker_id"] == "agent3" and again["checkpoint"] == {"step": 4}
+
+
+def test_start_session_key_on_live_lease_is_a_conflict(raw):
+    s = raw.result("startSession", {"worker_id": "agent", "key": "k", "ttl": 30})
+    e = raw.error("startSession", {"worker_id": "other", "key": "k"})
+    assert_error(e, CONFLICT, "conflict")
+    assert raw.result("getTask", {"item_id": s["id"]})["worker_id"] == "agent"
+    assert_error(raw.error("resumeSession", {"session_id": 4_040, "worker_id": "w"}),
+                 NOT_FOUND)
+    t = raw.result("submitTask", {"queue": "notasession"})
+    assert_error(raw.error("resumeSession", {"session_id": t["id"], "worker_id": "w"}),
+                 INVALID_PARAMS)
+
+
+def test_create_goal_and_execute_tool(raw):
+    s = raw.result("startSession", {"worker_id": "agent", "ttl": 30})
+    g = raw.result("createGoal", {"session_id": s["id"], "token": s["token"], "key": "g1",
+                                  "payload": {"do": "fetch"}})
+    assert g["created"] is True and g["claimed"] is True and g["kind"] == "goal"
+    assert g["parent_id"] == s["id"] and g["worker_id"] == "agent" and g["token"]
+    assert g["queue"] == f"session:{s['id']}"
+    same = raw.result("createGoal", {"session_id": s["id"], "token": s["token"], "key": "g1"})
+    assert same["id"] == g["id"] and same["created"] is False and "token" not in same
+    e = raw.error("createGoal", {"session_id": s["id"], "token": "stale", "key": "g2"})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    assert_error(raw.error("createGoal", {"session_id": s["id"]}), INVALID_PARAMS)
+
+    x = raw.result("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                             "tool": "fetch", "input": {"url": "u", "n": 1}})
+    assert x["created"] is True and x["claimed"] is True and x["kind"] == "tool_execution"
+    assert x["effect"] == "unsafe" and x["parent_id"] == g["id"] and x["token"]
+    # the same input (keys in another order) is the same execution
+    y = raw.result("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                             "tool": "fetch", "input": {"n": 1, "url": "u"}})
+    assert y["id"] == x["id"] and y["created"] is False and y["claimed"] is False
+    raw.result("releaseTask", {"item_id": x["id"], "token": x["token"],
+                               "outcome": "succeeded", "result": {"bytes": 10}})
+    z = raw.result("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                             "tool": "fetch", "input": {"url": "u", "n": 1}})
+    assert z["id"] == x["id"] and z["status"] == "succeeded" and z["result"] == {"bytes": 10}
+    k = raw.result("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                             "tool": "mail", "key": "send-1", "input": 1})
+    e = raw.error("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                            "tool": "other", "key": "send-1"})
+    assert_error(e, CONFLICT, "conflict")
+    e = raw.error("executeToolIdempotent", {"goal_id": g["id"], "token": s["token"],
+                                            "tool": "fetch", "input": 2})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    assert_error(raw.error("executeToolIdempotent", {"goal_id": g["id"],
+                                                     "token": g["token"]}), INVALID_PARAMS)
+    assert_error(raw.error("executeToolIdempotent", {"goal_id": g["id"], "token": g["token"],
+                                                     "tool": "t" * 129}), LIMIT)
+
+    tree = raw.result("replaySession", {"session_id": s["id"]})
+    assert tree["id"] == s["id"] and [x["id"] for x in tree["goals"]] == [g["id"]]
+    assert sorted(t["id"] for t in tree["goals"][0]["tool_executions"]) == \
+        sorted([x["id"], k["id"]])
+    assert [e["type"] for e in tree["events"]][:2] == ["submitted", "claimed"]
+    assert s["token"] not in json.dumps(tree)
+    assert_error(raw.error("replaySession", {"session_id": 9_191}), NOT_FOUND)
+    assert_error(raw.error("replaySession", {"session_id": g["id"]}), INVALID_PARAMS)
+
+
+def test_explain_task(raw):
+    t = raw.result("submitTask", {"queue": "why"})
+    r = raw.result("explainTask", {"item_id": t["id"]})
+    assert r["id"] == t["id"] and r["status"] == "pending" and r["text"].startswith("pending:")
+    c = raw.result("claimTask", {"worker_id": "w-why", "queues": ["why"]})
+    assert raw.result("explainTask", {"item_id": c["id"]})["text"].startswith(
+        "running: held by w-why")
+    assert_error(raw.error("explainTask", {"item_id": 6_060}), NOT_FOUND)
+
+
+# --- JSON-RPC framing ---------------------------------------------------------------------
+
+
+def test_unknown_method(raw):
+    r = raw.call("fooBar", {}, id_="abc")
+    assert r["id"] == "abc" and r["jsonrpc"] == "2.0"
+    assert_error(r["error"], NO_METHOD)
+    assert_error(raw.error("submit_task", {}), NO_METHOD)  # the Python name is not a method
+
+
+def test_malformed_json(raw):
+    for junk in [b"{not json", b'{"jsonrpc":"2.0","id":1,"method":"ping"', b"\xff\xfe",
+                 b"nul", b'{"a":1}}']:
+        raw.send(junk + b"\n")
+        r = raw.reply()
+        assert r["id"] is None and r["error"]["code"] == PARSE, (junk, r)
+    assert raw.result("ping")["pong"] is True  # the connection is still served
+
+
+def test_invalid_requests(raw):
+    for value in [42, "ping", None, True, 1.5]:
+        raw.send_json(value)
+        r = raw.reply()
+        assert r["id"] is None and r["error"]["code"] == INVALID_REQUEST, (value, r)
+    # no jsonrpc member, a wrong version, a method that is not a string, a bad id
+    for msg in [{"id": 7}, {"id": 7, "method": "ping"},
+                {"jsonrpc": "1.0", "id": 7, "method": "ping"},
+                {"jsonrpc": "2.0", "id": 7, "method": 5},
+                {"jsonrpc": "2.0", "id": 7}]:
+        raw.send_json(msg)
+        r = raw.reply()
+        assert r["id"] == 7 and r["error"]["code"] == INVALID_REQUEST, (msg, r)
+    raw.send_json({"jsonrpc": "2.0", "id": [1], "method": "ping"})
+    assert raw.reply()["error"]["code"] == INVALID_REQUEST
+    raw.send(b"[]\n")
+    r = raw.reply()
+    assert r["id"] is None and r["error"]["code"] == INVALID_REQUEST
+    # an invalid submit wrote nothing
+    raw.send_json({"id": 8, "method": "submitTask", "params": {"queue": "inv"}})
+    assert raw.reply()["error"]["code"] == INVALID_REQUEST
+    assert raw.result("listTasks", {"queue": "inv"}) == []
+
+
+def test_params_by_position_are_rejected(raw):
+    for method, params in [("submitTask", [{"n": 1}, "posq"]), ("getTask", [1]),
+                           ("ping", []), ("claimTask", ["w1"])]:
+        e = raw.error(method, params)
+        assert_error(e, INVALID_PARAMS, "invalid")
+        assert e["data"]["field"] == "params"
+    for params in ["x", 3, True]:
+        assert_error(raw.error("status", params), INVALID_PARAMS)
+    assert raw.result("listTasks", {"queue": "posq"}) == []
+
+
+def test_string_ids_are_echoed(raw):
+    r = raw.call("ping", id_="req-ü-1")
+    assert r["id"] == "req-ü-1" and r["result"]["pong"] is True
+
+
+def test_batch_mixed_good_and_bad(raw, daemon):
+    victim = claimed(raw, "bv")
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "submitTask", "params": {"queue": "b", "key": "k1"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "getTask", "params": {"item_id": 777_777}},
+        # a stale token: fails in the writer, beside the good writes of the same group
+        {"jsonrpc": "2.0", "id": 3, "method": "releaseTask",
+         "params": {"item_id": victim["id"], "token": "stale", "outcome": "succeeded"}},
+        # writes its first item, then fails on the second: its savepoint undoes both
+        {"jsonrpc": "2.0", "id": "four", "method": "submitMany",
+         "params": {"items": [{"queue": "b", "key": "k4"},
+                              {"queue": "b", "key": "k4b", "parent_id": 777_777}]}},
+        {"jsonrpc": "2.0", "id": 5, "method": "noSuchMethod"},
+        {"jsonrpc": "2.0", "id": 6, "method": "submitTask", "params": {"queue": "b", "key": "k6"}},
+        {"jsonrpc": "2.0", "method": "submitTask", "params": {"queue": "b", "key": "note"}},
+        {"jsonrpc": "2.0", "id": 8, "method": "submitTask", "params": {"queue": "b b"}},
+        17,
+        {"jsonrpc": "2.0", "id": 10, "method": "heartbeat",
+         "params": {"item_id": victim["id"], "token": victim["token"]}},
+    ]
+    raw.send_json(batch)
+    replies = raw.reply()
+    assert isinstance(replies, list)
+    assert len(replies) == len(batch) - 1  # the notification gets none
+    by_id = {r["id"]: r for r in replies if r["id"] is not None}
+    assert sorted(by_id, key=str) == sorted([1, 2, 3, "four", 5, 6, 8, 10], key=str)
+    assert by_id[1]["result"]["created"] is True
+    assert by_id[2]["error"]["code"] == NOT_FOUND
+    assert by_id[3]["error"]["code"] == LEASE_LOST
+    assert by_id["four"]["error"]["code"] == NOT_FOUND
+    assert by_id[5]["error"]["code"] == NO_METHOD
+    assert by_id[6]["result"]["created"] is True
+    assert by_id[8]["error"]["code"] == INVALID_PARAMS
+    assert by_id[10]["result"]["id"] == victim["id"]
+    nulls = [r for r in replies if r["id"] is None]
+    assert len(nulls) == 1 and nulls[0]["error"]["code"] == INVALID_REQUEST
+    for r in replies:
+        assert ("result" in r) != ("error" in r)
+    # the failures undid nothing of the others, and left nothing of themselves
+    keys = sorted(i["key"] for i in raw.result("listTasks", {"queue": "b"}))
+    assert keys == ["k1", "k6", "note"]
+    assert raw.result("getTask", {"item_id": victim["id"]})["status"] == "running"
+    assert db_rows(daemon.db, "SELECT count(*) FROM items WHERE key IN ('k4', 'k4b')") == [(0,)]
+    p = orch_process("doctor", db=daemon.db)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_notifications_get_no_reply(raw):
+    raw.send_json({"jsonrpc": "2.0", "method": "submitTask", "params": {"queue": "nt"}})
+    raw.send_json({"jsonrpc": "2.0", "method": "getTask", "params": {"item_id": 999_999}})
+    raw.send_json({"jsonrpc": "2.0", "method": "nope"})
+    raw.send_json([{"jsonrpc": "2.0", "method": "ping"},
+                   {"jsonrpc": "2.0", "method": "submitTask", "params": {"queue": "nt"}}])
+    r = raw.call("ping", id_="after")
+    assert r["id"] == "after"  # the first line back answers the ping: nothing came before
+    assert len(raw.result("listTasks", {"queue": "nt"})) == 2  # and the notifications ran
+    with pytest.raises(TimeoutError):
+        raw.readline(timeout=0.3)
+
+
+def test_many_requests_pipelined_on_one_connection(raw):
+    n = 200
+    raw.send(b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "submitTask",
+                                  "params": {"queue": "pipe", "key": f"p{i}"}}).encode() + b"\n"
+                      for i in range(n)))
+    replies = [raw.reply() for _ in range(n)]
+    assert sorted(r["id"] for r in replies) == list(range(n))
+    assert all(r["result"]["created"] for r in replies)
+    assert len(raw.result("listTasks", {"queue": "pipe", "limit": 0})) == n
+
+
+# --- the CLI through the daemon, and without it --------------------------------------------
+
+
+_VOLATILE = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00( \((in [\d.]+ s|[\d.]+ s ago)\))?")
+_TIME_FIELDS = {"lease_expires_at", "heartbeat_at", "created_at", "updated_at", "run_after",
+                "now", "at", "token", "hash", "prev_hash", "first_seen", "last_seen"}
+
+
+def _normal(out: str) -> object:
+    """CLI output with times and tokens taken out, for comparing two runs."""
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        return _VOLATILE.sub("<time>", out)
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: ("<x>" if k in _TIME_FIELDS else strip(x)) for k, x in v.items()}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+    return strip(doc)
+
+
+def _script(run) -> list[tuple]:
+    """The same commands, run through ``run(*args)``; returns what each gave."""
+    seen = []
+
+    def step(*args: str):
+        p = run(*args)
+        seen.append((args, p.returncode, _normal(p.stdout), _normal(p.stderr.strip())))
+        return p
+    step("submit", "--payload", '{"n": 1}', "--key", "k1")
+    step("submit", "--payload", '{"n": 1}', "--key", "k1")
+    step("submit", "--payload", "[2]", "--priority", "3", "--json")
+    c = json.loads(step("claim", "--worker", "w1", "--ttl", "30").stdout)
+    token = c["token"]
+    step("claim", "--worker", "w2", "--ttl", "30")
+    step("claim", "--worker", "w2", "--queue", "empty")              # 3: nothing to claim
+    step("release", str(c["id"]), "--token", "stale", "--outcome", "succeeded")   # 4
+    step("heartbeat", str(c["id"]), "--token", "stale")               # 4
+    step("verify", str(c["id"]), "--token", "stale")                  # 4
+    step("show", "99")                                                # 5
+    step("claim", "--worker", "w3", "--item", "99")                   # 5
+    step("claim", "--worker", "w3", "--item", str(c["id"]))           # 6: live lease
+    step("checkpoint", str(c["id"]), "--token", token, "--data", '{"page": 2}')
+    step("release", str(c["id"]), "--token", token, "--outcome", "succeeded",
+         "--result", '{"ok": true}')
+    step("release", str(c["id"]), "--token", token, "--outcome", "succeeded")     # 4
+    step("cancel", str(c["id"]))                                      # 6
+    step("resolve", str(c["id"]), "--outcome", "retry")               # 6
+    step("submit", "--queue", "bad queue")                            # 2
+    step("submit", "--key", "k" * 600)                                # 2
+    step("submit", "--payload", "{bad")                               # 2
+    step("show", str(c["id"]), "--json")
+    step("ls")
+    step("ls", "--json", "--status", "running")
+    step("status", "--json")
+    step("events", "--json")
+    step("recover", "--json")
+    step("cancel", "1")
+    return seen
+
+
+def test_cli_through_daemon_matches_embedded(start_daemon, short_tmp):
+    d = start_daemon()
+    cli_home = short_tmp / "cli-home"  # no db here: a CLI that fell back would make one
+    embedded_db = short_tmp / "embedded" / "orch.db"
+    with ThreadPoolExecutor(2) as pool:  # the two runs side by side, to save time
+        f_through = pool.submit(_script, lambda *a: orch_process(
+            *a, "--socket", str(d.sock), env={"OPENCLAW_HOME": str(cli_home)}))
+        f_alone = pool.submit(_script, lambda *a: orch_process(*a, db=embedded_db))
+        through, alone = f_through.result(), f_alone.result()
+    for (args, code_d, out_d, err_d), (_, code_e, out_e, err_e) in zip(through, alone,
+                                                                       strict=True):
+        assert (code_d, out_d, err_d) == (code_e, out_e, err_e), args
+    codes = [code for _, code, _, _ in through]
+    assert codes == [0, 0, 0, 0, 0, 3, 4, 4, 4, 5, 5, 6, 0, 0, 4, 6, 6, 2, 2, 2,
+                     0, 0, 0, 0, 0, 0, 0]
+    for args, code, _, err in through:
+        if code not in (0, 3) and args[0] != "verify":  # verify answers on stdout
+            assert err.startswith("orch: error: ") and "\n" not in err, (args, err)
+    assert not (cli_home / "data").exists()  # every command went to the daemon
+    assert len(db_rows(d.db, "SELECT id FROM items")) == 2
+
+
+def test_cli_falls_back_to_embedded_when_nothing_answers(short_tmp, start_daemon):
+    db = short_tmp / "fb" / "orch.db"
+    # no socket file at all
+    p = orch_process("submit", "--key", "a", "--socket", str(short_tmp / "none.sock"), db=db)
+    assert p.returncode == 0, p.stderr
+    # a socket file nobody listens on (left by a dead daemon)
+    stale = short_tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()
+    assert stale.exists()
+    t = time.monotonic()
+    p = orch_process("submit", "--key", "b", "--socket", str(stale), "--json", db=db)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["created"] is True
+    assert time.monotonic() - t < 5
+    p = orch_process("claim", "--worker", "w", "--socket", str(stale), db=db)
+    assert p.returncode == 0 and json.loads(p.stdout)["key"] == "a"
+    # a live daemon that serves another database: the CLI opens its own file
+    d = start_daemon()
+    p = orch_process("submit", "--key", "c", "--socket", str(d.sock), db=db)
+    assert p.returncode == 0, p.stderr
+    keys = sorted(k for (k,) in db_rows(db, "SELECT key FROM items"))
+    assert keys == ["a", "b", "c"]
+    assert db_rows(d.db, "SELECT count(*) FROM items") == [(0,)]
+    # and through ORCH_SOCKET, with nothing answering
+    p = orch_process("ls", "--json", env={"ORCH_SOCKET": str(stale)}, db=db)
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 3
+    assert os.path.exists(stale)
