@@ -214,7 +214,7 @@ def take_over(tx: Tx, now: int, row: dict, worker_id: str) -> None:
         seen = {row["id"]}
         for child in tx.all("running_children", {"id": row["id"]}):
             if child["id"] not in seen:
-                expire(tx, now, child, "parent_taken_over", done, seen)
+                expire(tx, now, child, "parent_taken_over", done, seen, "parent_taken_over")
 
 
 # --- heartbeat ------------------------------------------------------------------------
@@ -294,7 +294,8 @@ def after_lost_lease(row: dict, now: int) -> tuple[str, int | None]:
     return "dead", None
 
 
-def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set[int]) -> None:
+def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set[int],
+           child_reason: str = "parent_lease_lost") -> None:
     """Fence out a lost lease, then the running descendants it covered."""
     seen.add(row["id"])
     status, run_after = after_lost_lease(row, now)
@@ -306,7 +307,7 @@ def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set
     if row["kind"] in HOLDER_KINDS:
         for child in tx.all("running_children", {"id": row["id"]}):
             if child["id"] not in seen:
-                expire(tx, now, child, "parent_lease_lost", done, seen)
+                expire(tx, now, child, child_reason, done, seen, child_reason)
 
 
 def stale_recovery(tx: Tx, now: int, *, dry_run: bool = False) -> dict:

@@ -154,7 +154,6 @@ def open_connection(path: Path, *, synchronous: str = "full",
         # A single attempt waits up to a quarter of the budget; tenacity retries the
         # whole transaction for the rest.
         conn.set_busy_timeout(max(1, int(busy_budget_s * 250)))
-        conn.transaction_mode = "IMMEDIATE"
         conn.execute("PRAGMA foreign_keys = ON")
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
@@ -180,10 +179,29 @@ def _prepare(conn: apsw.Connection, synchronous: str) -> None:
         migrate(conn)
 
 
+@contextmanager
+def immediate(conn: apsw.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception.
+
+    Not ``with conn:``: APSW keeps the GIL while its BEGIN waits for the write lock,
+    so two threads of one process (a Lease's heartbeat and its holder, say) would
+    stall each other until the busy timeout. ``execute`` lets the GIL go while SQLite
+    waits. Nested ``with conn:`` blocks inside are savepoints.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def migrate(conn: apsw.Connection) -> None:
     """Apply every migration newer than ``user_version``, each in its own transaction."""
     for number, _name, script in MIGRATIONS:
-        with conn:  # IMMEDIATE: the version is re-read under the write lock
+        with immediate(conn):  # the version is re-read under the write lock
             current = conn.execute("PRAGMA user_version").fetchall()[0][0]
             if current >= number:
                 continue
@@ -229,7 +247,7 @@ class SQLiteStore(Store):
         no other connection has committed since (the file's data version is unchanged),
         which saves a read on every write.
         """
-        with self.conn:
+        with immediate(self.conn):
             tx = Tx(self.conn)
             if self._head is not None and self.conn.data_version() == self._head_version:
                 tx.last_seq, tx.last_hash = self._head

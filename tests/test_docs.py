@@ -11,7 +11,7 @@ READMES = [ROOT / "README.md", ROOT / "README.ko.md"]
 
 def code_blocks(path: Path) -> list[str]:
     text = path if isinstance(path, str) else path.read_text()
-    return re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.DOTALL)
 
 
 @pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
@@ -31,5 +31,5 @@ def test_readme_gives_the_ci_test_command(readme: Path) -> None:
 def test_both_readmes_have_the_same_shape() -> None:
     en, ko = READMES[0].read_text(), READMES[1].read_text()
     assert code_blocks(en) == code_blocks(ko)
-    assert len(re.findall(r"^#+ ", en, flags=re.M)) == len(re.findall(r"^#+ ", ko, flags=re.M))
+    assert len(re.findall(r"^#+ ", en, flags=re.MULTILINE)) == len(re.findall(r"^#+ ", ko, flags=re.MULTILINE))
     assert en.count("\n|") == ko.count("\n|")

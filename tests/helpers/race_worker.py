@@ -15,7 +15,7 @@ from stdin: the test releases every worker at once by writing "go" to all of the
 import json
 import sys
 
-from orchestrator import Orchestrator, OrchError
+from orchestrator import OrchError, Orchestrator
 
 
 def barrier() -> None:
