@@ -62,21 +62,25 @@ class StartupError(OrchError):
 class _Job:
     op: str
     kwargs: dict
-    done: Callable[[bool, Any], None]
+    future: asyncio.Future
 
 
 class Writer(threading.Thread):
     """Owns the write connection; commits queued requests together."""
 
-    def __init__(self, store: SQLiteStore):
+    def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop):
         super().__init__(name="orch-writer", daemon=True)
         self.store = store
+        self.loop = loop
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.commits = 0
         self.committed_requests = 0
 
-    def submit(self, op: str, kwargs: dict, done: Callable[[bool, Any], None]) -> None:
-        self.jobs.put(_Job(op, kwargs, done))
+    def submit(self, op: str, kwargs: dict) -> asyncio.Future:
+        """Queue a write; the future gets (ok, value) once its group has committed."""
+        fut = self.loop.create_future()
+        self.jobs.put(_Job(op, kwargs, fut))
+        return fut
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -103,8 +107,8 @@ class Writer(threading.Thread):
                 logger.exception("group commit failed")
                 outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
                     * len(group)
-            for j, (ok, value) in zip(group, outcomes, strict=True):
-                j.done(ok, value)
+            # One wake-up of the event loop for the whole group.
+            self.loop.call_soon_threadsafe(_settle_all, group, outcomes)
 
     def _commit(self, group: list[_Job]) -> list[tuple[bool, Any]]:
         def attempt() -> list[tuple[bool, Any]]:
@@ -140,6 +144,31 @@ class Writer(threading.Thread):
         self.commits += 1
         self.committed_requests += len(group)
         return outcomes
+
+
+class Checkpointer(threading.Thread):
+    """Copies the WAL back into the database off the writer's path.
+
+    The writer's connection has automatic checkpoints off, so its commits never stop
+    to copy pages; this thread runs a PASSIVE checkpoint (it never blocks the writer)
+    whenever the WAL has grown.
+    """
+
+    def __init__(self, store: SQLiteStore, every_s: float = 0.05):
+        super().__init__(name="orch-checkpointer", daemon=True)
+        self.store, self.every_s = store, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                self.store.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            except apsw.Error as exc:  # busy now: try again on the next beat
+                logger.debug("background checkpoint skipped: {}", exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
 
 
 # --- parked claims ---------------------------------------------------------------------------
@@ -203,13 +232,15 @@ class Waiters:
 class Daemon:
     def __init__(self, db: Path, sock: Path, *, synchronous: str = "full",
                  recover_every_s: float = RECOVER_EVERY_S,
-                 line_timeout_s: float = LINE_TIMEOUT_S, readers: int = 4):
+                 line_timeout_s: float = LINE_TIMEOUT_S, readers: int = 4,
+                 debug: bool = False):
         self.db = Path(db).resolve()
         self.sock = Path(sock)
         self.synchronous = synchronous
         self.recover_every_s = recover_every_s
         self.line_timeout_s = line_timeout_s
         self.reader_count = readers
+        self.debug = debug
         self.waiters = Waiters()
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -260,8 +291,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._claim_socket_path()
         self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
-        self.writer = Writer(self.writer_store)
+        self.writer_store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.writer = Writer(self.writer_store, loop)
         self.writer.start()
+        self.checkpointer = Checkpointer(SQLiteStore(self.db, synchronous=self.synchronous))
+        self.checkpointer.start()
         self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
         self.watch = SQLiteStore(self.db)  # loop thread: notices other processes' commits
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -289,6 +323,8 @@ class Daemon:
         await server.wait_closed()
         self.writer.stop()
         await loop.run_in_executor(None, self.writer.join)
+        self.checkpointer.stop()
+        self.checkpointer.store.close()
         self.pool.shutdown(wait=True)
         try:
             self.writer_store.checkpoint_wal()
@@ -344,14 +380,7 @@ class Daemon:
         return store
 
     async def _write(self, op: str, kwargs: dict) -> tuple[bool, Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-
-        def done(ok: bool, value: Any) -> None:
-            loop.call_soon_threadsafe(_settle, fut, (ok, value))
-
-        self.writer.submit(op, kwargs, done)
-        ok, value = await fut
+        ok, value = await self.writer.submit(op, kwargs)
         if ok and op in FEEDS:
             self._feed(op, value)
         return ok, value
@@ -545,7 +574,7 @@ class Daemon:
         method = msg["method"]
         op = protocol.METHODS.get(method)
         started = time.perf_counter()
-        log = logger.bind(method=method)
+        log = logger.bind(method=method) if self.debug else logger
         if op is None:
             reply = protocol.error(id_, RPC_METHOD_NOT_FOUND, f"unknown method {method[:64]!r}",
                                    {"reason": "method_not_found"})
@@ -563,19 +592,22 @@ class Daemon:
                 ok, value = False, OrchError(f"internal error: {type(exc).__name__}")
             if ok:
                 reply = protocol.result(id_, value)
-                if isinstance(value, dict) and "id" in value:
-                    log = log.bind(item=value["id"], worker=value.get("worker_id"))
             else:
                 data = {"reason": value.reason, **value.data}
                 reply = protocol.error(id_, rpc_code(value), str(value), data)
-        log.bind(duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                 ok="error" not in reply).debug("request")
+        if self.debug:  # binding costs even when the line is not written
+            value = reply.get("result")
+            item = value.get("id") if isinstance(value, dict) else None
+            log.bind(item=item, worker=value.get("worker_id") if item else None,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                     ok="error" not in reply).debug("request")
         return None if notification else reply
 
 
-def _settle(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _settle_all(group: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+    for job, outcome in zip(group, outcomes, strict=True):
+        if not job.future.done():
+            job.future.set_result(outcome)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -600,6 +632,6 @@ def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | Non
         line_timeout_s: float = LINE_TIMEOUT_S) -> int:
     setup_logging(log_file, log_level)
     daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
-                    line_timeout_s=line_timeout_s)
+                    line_timeout_s=line_timeout_s, debug=log_level == "DEBUG")
     asyncio.run(daemon.serve())
     return 0

@@ -155,6 +155,7 @@ def open_connection(path: Path, *, synchronous: str = "full",
         # whole transaction for the rest.
         conn.set_busy_timeout(max(1, int(busy_budget_s * 250)))
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")  # RETURNING collects rows in a temp table
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
         retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
