@@ -111,6 +111,21 @@ class Writer(threading.Thread):
             self.loop.call_soon_threadsafe(_settle_all, group, outcomes)
 
     def _commit(self, group: list[_Job]) -> list[tuple[bool, Any]]:
+        if len(group) == 1:  # alone: its own transaction, no savepoint needed
+            job = group[0]
+            fn, _ = OPERATIONS[job.op]
+            try:
+                outcomes = [(True, self.store.write(
+                    lambda tx: fn(tx, clock.now_ms(), **job.kwargs)))]
+            except Exception as exc:  # noqa: BLE001 -- mapped, never raised in the writer
+                outcomes = [_failure(job, exc)]
+        else:
+            outcomes = self._commit_group(group)
+        self.commits += 1
+        self.committed_requests += len(group)
+        return outcomes
+
+    def _commit_group(self, group: list[_Job]) -> list[tuple[bool, Any]]:
         def attempt() -> list[tuple[bool, Any]]:
             outcomes: list[tuple[bool, Any]] = []
             with self.store.transaction() as tx:
@@ -121,29 +136,23 @@ class Writer(threading.Thread):
                             outcomes.append((True, fn(tx, clock.now_ms(), **j.kwargs)))
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
-                    except OrchError as exc:
-                        outcomes.append((False, exc))
                     except apsw.BusyError:
                         raise  # retry the whole group
-                    except apsw.Error as exc:
-                        logger.bind(method=j.op).exception("request failed in the database")
-                        outcomes.append((False, Unavailable(f"database error: {exc}")))
-                    except Exception as exc:  # noqa: BLE001 -- fail the request, not the writer
-                        logger.bind(method=j.op).exception("internal error")
-                        outcomes.append((False, OrchError(
-                            f"internal error: {type(exc).__name__}")))
+                    except Exception as exc:  # noqa: BLE001 -- this request fails alone
+                        outcomes.append(_failure(j, exc))
             return outcomes
 
         try:
-            outcomes = retry_busy(attempt, self.store.busy_budget_s)
+            try:
+                return attempt()
+            except apsw.BusyError:
+                return retry_busy(attempt, self.store.busy_budget_s)
         except OrchError as exc:
             return [(False, exc)] * len(group)
         except apsw.Error as exc:  # the COMMIT itself failed: nothing of the group stands
             logger.exception("group commit failed")
             return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
-        self.commits += 1
-        self.committed_requests += len(group)
-        return outcomes
+
 
 
 class Checkpointer(threading.Thread):
@@ -169,6 +178,17 @@ class Checkpointer(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join()
+
+
+def _failure(job: _Job, exc: Exception) -> tuple[bool, OrchError]:
+    """What a request that raised gets back; unexpected errors are logged, never raised."""
+    if isinstance(exc, OrchError):
+        return False, exc
+    if isinstance(exc, apsw.Error):
+        logger.bind(method=job.op).opt(exception=exc).error("request failed in the database")
+        return False, Unavailable(f"database error: {exc}")
+    logger.bind(method=job.op).opt(exception=exc).error("internal error")
+    return False, OrchError(f"internal error: {type(exc).__name__}")
 
 
 # --- parked claims ---------------------------------------------------------------------------
@@ -547,7 +567,9 @@ class Daemon:
         except ValueError as exc:
             return protocol.error(None, RPC_PARSE_ERROR, f"parse error: {exc}",
                                   {"reason": "parse"})
-        if validate.json_depth(message, protocol.MAX_MESSAGE_DEPTH) > protocol.MAX_MESSAGE_DEPTH:
+        if line.count(b"[") + line.count(b"{") > protocol.MAX_MESSAGE_DEPTH and \
+                validate.json_depth(message, protocol.MAX_MESSAGE_DEPTH) > \
+                protocol.MAX_MESSAGE_DEPTH:  # counting brackets first is far cheaper
             return protocol.error(None, 1004, f"JSON nested deeper than "
                                   f"{protocol.MAX_MESSAGE_DEPTH} levels", {"reason": "limit"})
         if isinstance(message, list):
