@@ -67,17 +67,24 @@ def next_seq(tx) -> int:
     return tx.last_seq + 1
 
 
-def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
-           fence: int | None, detail: dict[str, Any]) -> int:
-    """Append one event in the caller's transaction; returns its sequence number."""
+def chained(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
+            fence: int | None, detail: dict[str, Any]) -> dict[str, Any]:
+    """The next event's row, linked into the chain (the caller inserts it)."""
     seq = next_seq(tx)
     text = dump_json(detail)
     h = chain_hash(tx.last_hash, seq, at, item_id, type_, worker_id, fence, text)
-    tx.run("insert_event", {"seq": seq, "at": at, "item_id": item_id, "type": type_,
-                            "worker_id": worker_id, "fence": fence, "detail": text,
-                            "prev_hash": tx.last_hash, "hash": h})
+    row = {"seq": seq, "at": at, "item_id": item_id, "type": type_, "worker_id": worker_id,
+           "fence": fence, "detail": text, "prev_hash": tx.last_hash, "hash": h}
     tx.last_seq, tx.last_hash = seq, h
-    return seq
+    return row
+
+
+def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
+           fence: int | None, detail: dict[str, Any]) -> int:
+    """Append one event in the caller's transaction; returns its sequence number."""
+    row = chained(tx, at, item_id, type_, worker_id, fence, detail)
+    tx.run("insert_event", row)
+    return row["seq"]
 
 
 def replay(events) -> dict[int, dict[str, Any]]:

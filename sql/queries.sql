@@ -14,6 +14,16 @@ VALUES (:kind, :queue, :parent_id, :key, :payload, :priority, 'pending', 0,
         :max_attempts, :run_after, :effect, :now, :now)
 RETURNING *;
 
+-- name: insert_item_with_id
+-- Bulk submit: the caller gives the id (see rules.insert_plain).
+INSERT INTO items (id, kind, queue, parent_id, key, payload, priority, status, attempts,
+                   max_attempts, run_after, effect, created_at, updated_at)
+VALUES (:id, :kind, :queue, NULL, NULL, :payload, :priority, 'pending', 0,
+        :max_attempts, :run_after, :effect, :created_at, :updated_at);
+
+-- name: max_item_id
+SELECT coalesce(max(id), 0) AS id FROM items;
+
 -- name: next_claimable
 -- The best pending item of one kind in one queue: one ordered probe of items_claimable.
 SELECT id, priority FROM items INDEXED BY items_claimable
