@@ -62,8 +62,9 @@ def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def dump_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: One encoder, made once: json.dumps builds a new one on every call with these options.
+dump_json: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def parse_json_text(field: str, text: str) -> Any:

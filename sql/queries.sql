@@ -72,6 +72,13 @@ SET status = :status, run_after = :run_after, result = :result, error = :error,
 WHERE id = :id
 RETURNING *;
 
+-- name: settle_many
+-- settle, for executemany (recovery in bulk): the caller knows the new rows.
+UPDATE items
+SET status = :status, run_after = :run_after, result = :result, error = :error,
+    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :now
+WHERE id = :id;
+
 -- name: request_cancel
 UPDATE items SET cancel_requested = 1, updated_at = :now WHERE id = :id RETURNING *;
 
