@@ -160,20 +160,29 @@ class Checkpointer(threading.Thread):
 
     The writer's connection has automatic checkpoints off, so its commits never stop
     to copy pages; this thread runs a PASSIVE checkpoint (it never blocks the writer)
-    whenever the WAL has grown.
+    every beat. Under steady writes a passive checkpoint never quite reaches the end
+    of the log, and a WAL that is never restarted grows without end (and with it the
+    shared-memory index every connection maps). So once the log is past
+    ``restart_frames``, a RESTART checkpoint makes the writer wait a moment while
+    the log is finished and started again from the beginning.
     """
 
-    def __init__(self, store: SQLiteStore, every_s: float = 0.05):
+    def __init__(self, store: SQLiteStore, every_s: float = 0.05,
+                 restart_frames: int = 4096):
         super().__init__(name="orch-checkpointer", daemon=True)
-        self.store, self.every_s = store, every_s
+        self.store, self.every_s, self.restart_frames = store, every_s, restart_frames
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        mode = apsw.SQLITE_CHECKPOINT_PASSIVE
         while not self.stopped.wait(self.every_s):
             try:
-                self.store.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                frames, _ = self.store.conn.wal_checkpoint(mode=mode)
             except apsw.Error as exc:  # busy now: try again on the next beat
                 logger.debug("background checkpoint skipped: {}", exc)
+                continue
+            mode = (apsw.SQLITE_CHECKPOINT_RESTART if frames > self.restart_frames
+                    else apsw.SQLITE_CHECKPOINT_PASSIVE)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import Orchestrator
+from orchestrator import OrchError, Orchestrator
 from orchestrator.client import Client
 
 SYNCS = ("full", "normal")
@@ -256,7 +256,7 @@ def start_daemon(d: Path, sync: str) -> subprocess.Popen:
             with Client(d / "s", connect_within=0) as c:
                 c.ping()
             return proc
-        except Exception:
+        except OrchError:  # not answering yet
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("daemon did not start")
@@ -282,7 +282,7 @@ def _worker(key: str, d: str, sync: str, w: int, ready, go, out) -> None:
     try:
         got, prag = system.consume(Path(d), sync, w)
         out.put((w, start, time.monotonic(), got, prag, None))
-    except Exception as exc:  # report, e.g. a peer that cannot share its file
+    except Exception as exc:  # noqa: BLE001 -- report it, e.g. a peer that cannot share its file
         out.put((w, start, time.monotonic(), [], ("?", "?"), f"{type(exc).__name__}: {exc}"))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import Orchestrator
+from orchestrator import OrchError, Orchestrator
 from orchestrator.cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def orch_process(*args: str, db: Path | None = None, env: dict | None = None,
     full_env = {**os.environ, **(env or {})}
     cmd = [sys.executable, "-m", "orchestrator", *(["--db", str(db)] if db else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=full_env, input=input)
+                          env=full_env, input=input, check=False)
 
 
 @pytest.fixture
@@ -115,8 +115,8 @@ class DaemonProcess:
                     with Client(self.sock, connect_within=0) as c:
                         c.ping()
                     return self
-                except Exception:
-                    pass
+                except OrchError:
+                    pass  # not answering yet
             time.sleep(0.05)
         raise RuntimeError("daemon did not start")
 

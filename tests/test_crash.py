@@ -28,7 +28,7 @@ def now_ms() -> int:
 
 
 def spawn(script: str, *args: str, log: Path) -> subprocess.Popen:
-    err = open(log, "w")
+    err = open(log, "w")  # noqa: SIM115 -- the child process writes it; closed after
     try:
         return subprocess.Popen([sys.executable, str(HELPERS / script), *args],
                                 stdout=subprocess.PIPE, stderr=err, text=True)

@@ -30,7 +30,7 @@ def racers(n: int, args_for, log_dir: Path):
     procs: list[subprocess.Popen] = []
     try:
         for i in range(n):
-            err = open(log_dir / f"racer-{i}.err", "w")
+            err = open(log_dir / f"racer-{i}.err", "w")  # noqa: SIM115 -- the child process writes it; closed after
             procs.append(subprocess.Popen(
                 [sys.executable, str(RACE_WORKER), *args_for(i)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))

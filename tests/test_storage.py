@@ -160,7 +160,7 @@ def orch_with_umask(umask: int, *args: str, env: dict) -> subprocess.CompletedPr
     full_env = {k: v for k, v in os.environ.items() if k not in ("ORCH_DB", "ORCH_SOCKET")}
     full_env.update(env)
     return subprocess.run(["sh", "-c", cmd, sys.executable, *args], capture_output=True,
-                          text=True, timeout=60, env=full_env)
+                          text=True, timeout=60, env=full_env, check=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
@@ -185,7 +185,7 @@ def test_init_creates_default_paths_private(tmp_path, umask):
     env = {k: v for k, v in os.environ.items() if k not in ("ORCH_DB", "ORCH_SOCKET")}
     env["OPENCLAW_HOME"] = str(home)
     probe = subprocess.run(["sh", "-c", cmd, sys.executable, str(HELPERS / "perm_probe.py")],
-                           capture_output=True, text=True, timeout=60, env=env)
+                           capture_output=True, text=True, timeout=60, env=env, check=False)
     assert probe.returncode == 0, probe.stderr
     modes = json.loads(probe.stdout)
     assert modes == {str(db): 0o600, f"{db}-wal": 0o600, f"{db}-shm": 0o600}
@@ -383,7 +383,7 @@ def test_submit_gives_up_with_exit_7_while_another_process_holds_the_write_lock(
 def test_backup_while_another_process_writes(db_path, tmp_path):
     with Orchestrator(db_path) as o:
         o.submit_many([{"payload": {"n": i, "pad": "y" * 500}} for i in range(300)])
-    err = open(tmp_path / "writer.err", "w")
+    err = open(tmp_path / "writer.err", "w")  # noqa: SIM115 -- the child process writes it; closed after
     writer = subprocess.Popen([sys.executable, str(HELPERS / "burst_writer.py"), str(db_path),
                                "bw"], stdout=subprocess.PIPE, stderr=err, text=True)
     err.close()
