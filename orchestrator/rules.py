@@ -53,9 +53,10 @@ def iso(ms: int | None) -> str:
 
 def public(row: dict) -> dict[str, Any]:
     """An item as users see it: JSON values decoded, the token hash left out."""
-    out = {k: v for k, v in row.items() if k != "token_hash"}
+    out = dict(row)
+    del out["token_hash"]
     for col in JSON_COLUMNS:
-        if out.get(col) is not None:
+        if out[col] is not None:
             out[col] = json.loads(out[col])
     out["cancel_requested"] = bool(out["cancel_requested"])
     return out

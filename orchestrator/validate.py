@@ -43,6 +43,8 @@ def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
     Stops counting once past ``limit``: anything returned above it means "too deep".
     """
+    if not isinstance(value, dict | list | tuple):
+        return 0
     deepest = 0
     stack = [(value, 0)]
     while stack:
@@ -98,13 +100,17 @@ def utf8_size(field: str, s: str) -> int:
 
 
 def json_value(field: str, v: Any) -> str:
-    if json_depth(v) > MAX_DEPTH:
-        raise LimitExceeded(f"{field}: JSON is nested deeper than {MAX_DEPTH} levels",
-                            data={"field": field, "limit": MAX_DEPTH})
     try:
         text = dump_json(v)
+    except RecursionError:
+        text = None  # far too deep for the encoder: reported as too deep below
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{field}: not a JSON value ({exc})", data={"field": field}) from None
+    # Only text with enough brackets can be too deep: count them before walking the value.
+    if text is None or (text.count("[") + text.count("{") > MAX_DEPTH
+                        and json_depth(v) > MAX_DEPTH):
+        raise LimitExceeded(f"{field}: JSON is nested deeper than {MAX_DEPTH} levels",
+                            data={"field": field, "limit": MAX_DEPTH})
     if utf8_size(field, text) > MAX_VALUE_BYTES:
         raise LimitExceeded(f"{field}: JSON text is over {MAX_VALUE_BYTES} bytes",
                             data={"field": field, "limit": MAX_VALUE_BYTES})
@@ -333,20 +339,27 @@ def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"items": [check("submit_task", p) if isinstance(p, dict)
                           else _not_object(f"items[{i}]") for i, p in enumerate(items)]}
     spec = PARAMS[op]
-    unknown = set(params) - set(spec)
-    if unknown:
-        name = min(unknown)
-        raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
-    out = {}
-    for name, (checker, default) in spec.items():
-        v = params.get(name)
-        if v is None:
-            if default is REQUIRED:
-                raise InvalidInput(f"{name}: required", data={"field": name})
-            out[name] = list(default) if isinstance(default, list) else default
-        else:
-            out[name] = checker(name, v)
+    out = dict(_DEFAULTS[op])
+    for name, v in params.items():
+        entry = spec.get(name)
+        if entry is None:
+            raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
+        if v is not None:
+            out[name] = entry[0](name, v)
+    for name in _REQUIRED[op]:
+        if out[name] is REQUIRED:
+            raise InvalidInput(f"{name}: required", data={"field": name})
+    for name in _LIST_DEFAULTS[op]:  # never hand out the shared default list itself
+        if out[name] is spec[name][1]:
+            out[name] = list(out[name])
     return out
+
+
+# Per operation, worked out once: the defaults, the required names, the list defaults.
+_DEFAULTS = {op: {n: d for n, (_, d) in spec.items()} for op, spec in PARAMS.items()}
+_REQUIRED = {op: [n for n, (_, d) in spec.items() if d is REQUIRED] for op, spec in PARAMS.items()}
+_LIST_DEFAULTS = {op: [n for n, (_, d) in spec.items() if isinstance(d, list)]
+                  for op, spec in PARAMS.items()}
 
 
 def _not_object(field: str):
