@@ -35,6 +35,23 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORCH_SOCKET", raising=False)
 
 
+def snapshot(db: Path) -> dict:
+    """Every row of every table, read straight from the file on a connection of its own.
+
+    Tests compare two snapshots to prove that a refused request changed nothing.
+    """
+    import apsw
+
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        tables = [t for (t,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        assert {"items", "event_log"} <= set(tables)
+        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
+    finally:
+        conn.close()
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -7,24 +7,15 @@ limit, for limits), and a database left exactly as it was.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import apsw
 import pytest
+from conftest import snapshot
 
 from orchestrator import Conflict, InvalidInput, LimitExceeded, NotFound
 
 MiB = 1 << 20
 
 
-def snapshot(db_path: Path) -> dict:
-    """Every row of every table, read on a connection of its own."""
-    conn = apsw.Connection(str(db_path))
-    try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("items", "event_log", "workers")}
-    finally:
-        conn.close()
 
 
 def nested_text(depth: int) -> str:

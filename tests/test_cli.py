@@ -9,6 +9,7 @@ from pathlib import Path
 import apsw
 import click
 import pytest
+from conftest import CliResult
 from freezegun import freeze_time
 
 from orchestrator import Orchestrator
@@ -20,26 +21,14 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def json(self):
-        return json.loads(self.out)
-
-    def __repr__(self) -> str:
-        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
-
-
 @pytest.fixture
 def raw(capsys):
     """Run ``orch`` in-process with exactly these arguments (no --db added)."""
-    def invoke(*args: str) -> Result:
+    def invoke(*args: str) -> CliResult:
         capsys.readouterr()
         code = run(list(args))
         got = capsys.readouterr()
-        return Result(code, got.out, got.err)
+        return CliResult(code, got.out, got.err)
     return invoke
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import DaemonProcess, orch_process
+from conftest import DaemonProcess, orch_process, snapshot
 from helpers.daemon_wire import Closed, Raw, wait_until
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -34,16 +34,6 @@ LIMIT, INVALID_REQUEST, INVALID_PARAMS, LEASE_LOST, NOT_FOUND = 1004, -32600, -3
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def snapshot(db: Path) -> dict:
-    """Every row that matters, read straight from the file."""
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        tables = [t for (t,) in conn.execute(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        assert {"items", "event_log"} <= set(tables)
-        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
-    finally:
-        conn.close()
 
 
 def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:

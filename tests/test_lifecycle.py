@@ -14,6 +14,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from conftest import snapshot
 from freezegun import freeze_time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,14 +38,6 @@ def at_ms(frozen, ms: int) -> None:
     assert now_ms() == ms
 
 
-def snapshot(db_path: Path) -> dict:
-    """Every row of every table, read on a connection of its own."""
-    conn = apsw.Connection(str(db_path))
-    try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("items", "event_log", "workers")}
-    finally:
-        conn.close()
 
 
 def events_of(orch, item_id: int) -> list[dict]:
