@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,58 @@ def snapshot(db: Path) -> dict:
         return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
     finally:
         conn.close()
+
+
+# --- many real processes released at once ----------------------------------------------
+
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+@contextmanager
+def racers(script: str, n: int, args_for, log_dir: Path):
+    """n processes of tests/helpers/SCRIPT, yielded once each has printed "ready".
+
+    Each waits for a "go" line on stdin (release_barrier) before every phase and
+    answers one JSON line per phase (racer_answer).
+    """
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(n):
+            with open(log_dir / f"racer-{i}.err", "w") as err:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(HELPERS / script), *args_for(i)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
+        for i, p in enumerate(procs):
+            line = p.stdout.readline()
+            assert line.strip() == "ready", (
+                f"racer {i} did not get ready: {line!r} "
+                f"{(log_dir / f'racer-{i}.err').read_text()}")
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    f.close()
+
+
+def release_barrier(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.stdin.write("go\n")
+    for p in procs:
+        p.stdin.flush()
+
+
+def racer_answer(p: subprocess.Popen, i: int, log_dir: Path):
+    line = p.stdout.readline()
+    if not line:
+        p.wait(timeout=10)
+        pytest.fail(f"racer {i} exited {p.returncode} without an answer: "
+                    f"{(log_dir / f'racer-{i}.err').read_text()}")
+    return json.loads(line)
 
 
 class CliResult:

@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import racer_answer, racers, release_barrier
 from freezegun import freeze_time
 
 from orchestrator import Conflict, InvalidInput, LeaseLost, Orchestrator
@@ -73,53 +73,14 @@ def walk_keys(value) -> set[str]:
 # --- 1. one execution per key, 100 processes at once ------------------------------------
 
 
-@contextmanager
-def racers(n: int, args_for, log_dir: Path):
-    """n agent_racer.py processes, yielded once every one waits at the barrier."""
-    procs: list[subprocess.Popen] = []
-    try:
-        for i in range(n):
-            with open(log_dir / f"racer-{i}.err", "w") as err:
-                procs.append(subprocess.Popen(
-                    [sys.executable, str(HELPERS / "agent_racer.py"), *args_for(i)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
-        for i, p in enumerate(procs):
-            line = p.stdout.readline()
-            assert line.strip() == "ready", (
-                f"racer {i}: {line!r} {(log_dir / f'racer-{i}.err').read_text()}")
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            close_pipes(p)
-
-
-def go(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.stdin.write("go\n")
-    for p in procs:
-        p.stdin.flush()
-
-
-def answer(p: subprocess.Popen, i: int, log_dir: Path) -> dict:
-    line = p.stdout.readline()
-    if not line:
-        p.wait(timeout=10)
-        pytest.fail(f"racer {i} exited {p.returncode}: "
-                    f"{(log_dir / f'racer-{i}.err').read_text()}")
-    return json.loads(line)
-
-
 def race(args_for, log_dir: Path, n: int = 100) -> tuple[list[dict], list[dict]]:
-    with racers(n, args_for, log_dir) as procs:
-        go(procs)
-        one_key = [answer(p, i, log_dir) for i, p in enumerate(procs)]
+    with racers("agent_racer.py", n, args_for, log_dir) as procs:
+        release_barrier(procs)
+        one_key = [racer_answer(p, i, log_dir) for i, p in enumerate(procs)]
         for i, p in enumerate(procs):
             assert p.stdout.readline().strip() == "ready", i
-        go(procs)
-        ten_keys = [answer(p, i, log_dir) for i, p in enumerate(procs)]
+        release_barrier(procs)
+        ten_keys = [racer_answer(p, i, log_dir) for i, p in enumerate(procs)]
         for i, p in enumerate(procs):
             p.stdin.close()
             p.stdin = None

@@ -7,64 +7,17 @@ them, so they all hit the file at the same moment.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import racer_answer, racers, release_barrier
 
 from orchestrator import Orchestrator
 
-HELPERS = Path(__file__).resolve().parent / "helpers"
-RACE_WORKER = HELPERS / "race_worker.py"
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def racers(n: int, args_for, log_dir: Path):
-    """Start n racers; yield them once every one is ready (blocked at the barrier)."""
-    procs: list[subprocess.Popen] = []
-    try:
-        for i in range(n):
-            err = open(log_dir / f"racer-{i}.err", "w")  # noqa: SIM115 -- the child process writes it; closed after
-            procs.append(subprocess.Popen(
-                [sys.executable, str(RACE_WORKER), *args_for(i)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
-            err.close()
-        for i, p in enumerate(procs):
-            line = p.stdout.readline()
-            assert line.strip() == "ready", (
-                f"racer {i} did not get ready: {line!r} "
-                f"{(log_dir / f'racer-{i}.err').read_text()}")
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    f.close()
-
-
-def release_barrier(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.stdin.write("go\n")
-    for p in procs:
-        p.stdin.flush()
-
-
-def read_line(p: subprocess.Popen, i: int, log_dir: Path):
-    line = p.stdout.readline()
-    if not line:
-        p.wait(timeout=10)
-        pytest.fail(f"racer {i} exited {p.returncode} without an answer: "
-                    f"{(log_dir / f'racer-{i}.err').read_text()}")
-    return json.loads(line)
 
 
 def finish(procs: list[subprocess.Popen], log_dir: Path) -> None:
@@ -81,9 +34,9 @@ def test_twenty_processes_drain_a_queue_each_item_claimed_exactly_once(db_path, 
     ids = {s["id"] for s in submitted}
     assert len(ids) == n_items
 
-    with racers(n_procs, lambda i: [str(db_path), f"w{i}", "drain"], tmp_path) as procs:
+    with racers("race_worker.py", n_procs, lambda i: [str(db_path), f"w{i}", "drain"], tmp_path) as procs:
         release_barrier(procs)
-        per_worker = {f"w{i}": read_line(p, i, tmp_path) for i, p in enumerate(procs)}
+        per_worker = {f"w{i}": racer_answer(p, i, tmp_path) for i, p in enumerate(procs)}
         finish(procs, tmp_path)
 
     claims = [(item, fence, attempt, w) for w, cs in per_worker.items()
@@ -131,15 +84,15 @@ def test_hundred_processes_race_for_one_item_one_winner(db_path, tmp_path):
         first = o.submit_task({"the": "one"})["id"]          # default queue
         second = o.submit_task({"the": "other"}, queue="elsewhere")["id"]
 
-    with racers(n, lambda i: [str(db_path), f"r{i}", "one", str(second)], tmp_path) as procs:
+    with racers("race_worker.py", n, lambda i: [str(db_path), f"r{i}", "one", str(second)], tmp_path) as procs:
         # Race 1: claim_task on the default queue, which holds exactly one item.
         release_barrier(procs)
-        phase1 = [read_line(p, i, tmp_path) for i, p in enumerate(procs)]
+        phase1 = [racer_answer(p, i, tmp_path) for i, p in enumerate(procs)]
         # Race 2: every process claims the other item by id.
         for i, p in enumerate(procs):
             assert p.stdout.readline().strip() == "ready", i
         release_barrier(procs)
-        phase2 = [read_line(p, i, tmp_path) for i, p in enumerate(procs)]
+        phase2 = [racer_answer(p, i, tmp_path) for i, p in enumerate(procs)]
         finish(procs, tmp_path)
 
     winners1 = [(i, r["claim"]) for i, r in enumerate(phase1) if r["claim"] is not None]
