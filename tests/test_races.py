@@ -16,7 +16,6 @@ from conftest import racer_answer, racers, release_barrier
 
 from orchestrator import Orchestrator
 
-
 pytestmark = pytest.mark.slow
 
 
