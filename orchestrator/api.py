@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from . import clock, doctor, paths, validate
+from . import clock, doctor, paths, rules, validate
 from .operations import OPERATIONS
 from .store import DEFAULT_BUSY_BUDGET_S, SQLiteStore
 
@@ -70,6 +70,20 @@ class Operations(abc.ABC):
         """End a claim: ``succeeded``, ``failed`` (retried with backoff), ``cancelled``,
         or ``requeue``."""
         return self._call("release_task", _given(locals()))
+
+    def release_and_claim(self, item_id: int, token: str, outcome: str, *, result: Any = None,
+                          error: str | None = None, retry_in: float | None = None,
+                          no_retry: bool | None = None, worker_id: str | None = None,
+                          queues: list[str] | str | None = None,
+                          kinds: list[str] | str | None = None, ttl: float | None = None,
+                          wait: float | None = None) -> dict:
+        """``release_task``, then claim the next item, in one transaction (one commit).
+
+        Returns ``{"released": item, "next": claim or None}``. The next claim is like
+        the released one (its worker, queue, kind and lease length) unless given.
+        ``wait`` applies to the claim only: the release is committed first.
+        """
+        return self._call("release_and_claim", _given(locals()))
 
     def stale_recovery(self, dry_run: bool | None = None) -> dict:
         """Fence out every expired lease and move its item on; safe to run any time."""
@@ -178,7 +192,12 @@ class Orchestrator(Operations):
                     "pid": os.getpid(), "mode": "embedded"}
         if op in WAITS and kwargs["wait"]:
             return self._polling(op, kwargs, WAITS[op])
-        return self.run(op, kwargs)
+        out = self.run(op, kwargs)
+        if op == "release_and_claim" and out["next"] is None and kwargs["wait"]:
+            # Released (committed); only the claim waits.
+            out["next"] = self._polling("claim_task", rules.next_claim(out["released"], **kwargs),
+                                        WAITS["claim_task"])
+        return out
 
     def run(self, op: str, kwargs: dict[str, Any]) -> Any:
         """Run a checked operation in its own transaction."""

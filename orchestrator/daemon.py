@@ -48,7 +48,8 @@ MAX_GROUP = 512  # requests committed together at most
 LINE_TIMEOUT_S = 10.0  # a client that stops mid-line is dropped after this
 RECOVER_EVERY_S = 2.0
 #: Operations after which an item may have become claimable.
-FEEDS = {"submit_task", "submit_many", "release_task", "stale_recovery", "resolve_task"}
+FEEDS = {"submit_task", "submit_many", "release_task", "release_and_claim", "stale_recovery",
+         "resolve_task"}
 
 
 class StartupError(OrchError):
@@ -418,7 +419,8 @@ class Daemon:
         """Wake parked claims for the items this write made claimable."""
         now = clock.now_ms()
         items = (value if op == "submit_many" else value["recovered"]
-                 if op == "stale_recovery" else [value])
+                 if op == "stale_recovery" else [value["released"]]
+                 if op == "release_and_claim" else [value])
         for item in items:
             if item.get("status") != "pending":
                 continue
@@ -449,6 +451,15 @@ class Daemon:
             return await self._claim_waiting(kwargs, gone)
         if op == "execute_tool_idempotent" and kwargs["wait"]:
             return await self._execution_waiting(kwargs)
+        if op == "release_and_claim" and kwargs["wait"]:
+            ok, out = await self._write(op, kwargs)
+            if ok and out["next"] is None:
+                # Released (committed); only the claim waits. A claim that fails now
+                # is reported as nothing claimed: the release stands either way.
+                got, claim = await self._claim_waiting(
+                    rules.next_claim(out["released"], **kwargs), gone)
+                out["next"] = claim if got else None
+            return ok, out
         _, writes = OPERATIONS[op]
         return await (self._write(op, kwargs) if writes else self._read(op, kwargs))
 

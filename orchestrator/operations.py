@@ -16,6 +16,7 @@ OPERATIONS = {
     "claim_task": (rules.claim_task, True),
     "heartbeat": (rules.heartbeat, True),
     "release_task": (rules.release_task, True),
+    "release_and_claim": (rules.release_and_claim, True),
     "stale_recovery": (rules.stale_recovery, True),
     "cancel_task": (rules.cancel_task, True),
     "checkpoint": (rules.checkpoint, True),

@@ -17,6 +17,7 @@ MAX_MESSAGE_DEPTH = MAX_DEPTH + 3
 METHODS: dict[str, str] = {
     "submitTask": "submit_task", "submitMany": "submit_many", "claimTask": "claim_task",
     "heartbeat": "heartbeat", "releaseTask": "release_task",
+    "releaseAndClaim": "release_and_claim",
     "staleRecovery": "stale_recovery", "cancelTask": "cancel_task",
     "checkpoint": "checkpoint", "resolveTask": "resolve_task", "getTask": "get_task",
     "listTasks": "list_tasks", "listEvents": "list_events", "status": "status",

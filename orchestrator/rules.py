@@ -329,6 +329,31 @@ def release_task(tx: Tx, now: int, *, item_id: int, token: str, outcome: str,
     return public(new)
 
 
+def release_and_claim(tx: Tx, now: int, *, item_id: int, token: str, outcome: str,
+                      result: str | None, error: str | None, retry_in: int | None,
+                      no_retry: bool, worker_id: str | None, queues: list[str] | None,
+                      kinds: list[str] | None, ttl: int | None, wait: int = 0) -> dict:
+    """``release_task``, then ``claim_task`` for the next item, in one transaction.
+
+    A worker loop's two commits become one. The claim goes like the released one
+    unless told otherwise: same worker, the item's queue and kind, its lease length.
+    An invalid release changes nothing and claims nothing.
+    """
+    released = release_task(tx, now, item_id=item_id, token=token, outcome=outcome,
+                            result=result, error=error, retry_in=retry_in, no_retry=no_retry)
+    nxt = claim_task(tx, now, **next_claim(released, worker_id=worker_id, queues=queues,
+                                           kinds=kinds, ttl=ttl))
+    return {"released": released, "next": nxt}
+
+
+def next_claim(released: dict, *, worker_id: str | None, queues: list[str] | None,
+               kinds: list[str] | None, ttl: int | None, wait: int = 0, **_: Any) -> dict:
+    """The ``claim_task`` parameters of a ``release_and_claim`` (its defaults filled in)."""
+    return {"worker_id": worker_id or released["worker_id"],
+            "queues": queues or [released["queue"]], "kinds": kinds or [released["kind"]],
+            "ttl": ttl or released["lease_ttl_ms"], "item_id": None, "wait": wait}
+
+
 # --- recovery -------------------------------------------------------------------------
 
 

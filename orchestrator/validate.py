@@ -240,6 +240,16 @@ SUBMIT = {
     "effect": (optional(choice(EFFECTS)), None),
 }
 
+RELEASE = {
+    "item_id": (item_id, REQUIRED),
+    "token": (token, REQUIRED),
+    "outcome": (choice(OUTCOMES), REQUIRED),
+    "result": (json_value, None),
+    "error": (optional(error_text), None),
+    "retry_in": (optional(delay), None),
+    "no_retry": (boolean, False),
+}
+
 PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "submit_task": SUBMIT,
     "claim_task": {
@@ -256,14 +266,15 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "ttl": (optional(ttl), None),
         "worker_id": (optional(worker), None),
     },
-    "release_task": {
-        "item_id": (item_id, REQUIRED),
-        "token": (token, REQUIRED),
-        "outcome": (choice(OUTCOMES), REQUIRED),
-        "result": (json_value, None),
-        "error": (optional(error_text), None),
-        "retry_in": (optional(delay), None),
-        "no_retry": (boolean, False),
+    "release_task": RELEASE,
+    "release_and_claim": {
+        **RELEASE,
+        # the next claim: by default like the released one (see rules.next_claim)
+        "worker_id": (optional(worker), None),
+        "queues": (optional(list_of(queue)), None),
+        "kinds": (optional(list_of(choice(KINDS))), None),
+        "ttl": (optional(ttl), None),
+        "wait": (delay, 0),
     },
     "stale_recovery": {"dry_run": (boolean, False)},
     "cancel_task": {"item_id": (item_id, REQUIRED)},

@@ -115,7 +115,7 @@ ids = st.one_of(st.integers(), st.text(max_size=6), any_text, st.none(), st.floa
                 st.booleans(), st.lists(st.integers(), max_size=2))
 
 WRITE_METHODS = ["submitTask", "submitMany", "claimTask", "heartbeat", "releaseTask",
-                 "staleRecovery", "cancelTask", "checkpoint", "resolveTask", "startSession",
+                 "releaseAndClaim", "staleRecovery", "cancelTask", "checkpoint", "resolveTask", "startSession",
                  "resumeSession", "createGoal", "executeToolIdempotent"]
 READ_METHODS = ["getTask", "listTasks", "listEvents", "status", "verify", "ping",
                 "replaySession", "explainTask"]
@@ -575,6 +575,29 @@ def test_parked_claim_returns_promptly_on_submit(start):
     returned_at, took, reply = got[0]
     assert reply["result"]["id"] == item["id"]
     assert returned_at - submitted_at < 3 and took < 3.5
+
+
+def test_release_and_claim_parks_only_its_claim(start):
+    d = start()
+    with Raw(d.sock) as r:
+        r.result("submitTask", {"queue": "rp"})
+        c = r.result("claimTask", {"worker_id": "w", "queues": ["rp"]})
+    got: list = []
+
+    def run():
+        with Raw(d.sock, timeout=60) as r:
+            got.append(r.call("releaseAndClaim", {"item_id": c["id"], "token": c["token"],
+                                                  "outcome": "succeeded", "wait": 10}))
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.4)
+    assert not got  # parked
+    assert rows(d.db, "SELECT status FROM items WHERE id = ?", (c["id"],)) == [("succeeded",)]
+    with Raw(d.sock) as r:
+        item = r.result("submitTask", {"queue": "rp"})
+    th.join(5)
+    assert got and got[0]["result"]["next"]["id"] == item["id"]
+    assert got[0]["result"]["released"]["id"] == c["id"]
 
 
 def test_five_parked_workers_one_item(start):

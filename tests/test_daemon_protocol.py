@@ -193,6 +193,28 @@ def test_release_task(raw):
     assert back["status"] == "pending" and back["error"] == "boom"
 
 
+def test_release_and_claim(raw):
+    c = claimed(raw, "rac")
+    nxt = raw.result("submitTask", {"queue": "rac", "payload": 2})
+    out = raw.result("releaseAndClaim", {"item_id": c["id"], "token": c["token"],
+                                         "outcome": "succeeded", "result": 1})
+    assert out["released"]["status"] == "succeeded" and out["released"]["result"] == 1
+    assert out["next"]["id"] == nxt["id"] and out["next"]["worker_id"] == "w-rac"
+    # the released token is stale now: nothing is released, nothing claimed
+    raw.result("submitTask", {"queue": "rac"})
+    e = raw.error("releaseAndClaim", {"item_id": c["id"], "token": c["token"],
+                                      "outcome": "succeeded"})
+    assert_error(e, LEASE_LOST, "lease_lost")
+    assert raw.result("listTasks", {"queue": "rac", "status": "pending"})[0]["attempts"] == 0
+    # waiting: released at once, the claim parks until an item comes (none does here)
+    t = time.monotonic()
+    out = raw.result("releaseAndClaim", {"item_id": nxt["id"], "token": out["next"]["token"],
+                                         "outcome": "succeeded", "queues": ["none"],
+                                         "wait": 0.5})
+    assert out["next"] is None and out["released"]["status"] == "succeeded"
+    assert 0.4 <= time.monotonic() - t < 5
+
+
 def test_stale_recovery(start_daemon):
     d = start_daemon("--recover-every", "600")  # the test runs recovery itself
     with Raw(d.sock) as raw:

@@ -433,6 +433,7 @@ HOLDER_WRITES = {
     "release_failed": lambda o, i, t: o.release_task(i, t, "failed"),
     "release_requeue": lambda o, i, t: o.release_task(i, t, "requeue"),
     "checkpoint": lambda o, i, t: o.checkpoint(i, t, {"evil": True}),
+    "release_and_claim": lambda o, i, t: o.release_and_claim(i, t, "succeeded"),
 }
 
 
@@ -463,6 +464,77 @@ def test_expired_lease_cannot_be_revived(orch, clock):
     assert item["status"] == "running"
     assert item["lease_expires_at"] == T0_MS + 10_000
     assert [r["id"] for r in orch.stale_recovery()["recovered"]] == [iid]
+
+
+# --- release and claim the next, in one transaction ------------------------------------
+
+
+def test_release_and_claim_next_like_the_released_claim(orch, clock, db_path):
+    a = orch.submit_task("a", queue="q1")["id"]
+    b = orch.submit_task("b", queue="q1")["id"]
+    orch.submit_task("other queue", queue="q2")
+    first = orch.claim_task("w1", ["q1"], ttl=10)
+    clock.tick(2)
+    commits = _count_commits(orch)
+    out = orch.release_and_claim(a, first["token"], "succeeded", result={"ok": 1})
+    assert len(commits) == 1  # one transaction
+    done, nxt = out["released"], out["next"]
+    assert done["id"] == a and done["status"] == "succeeded" and done["result"] == {"ok": 1}
+    # the next claim goes like the released one: worker, queue, kind, lease length
+    assert nxt["id"] == b and nxt["worker_id"] == "w1" and nxt["queue"] == "q1"
+    assert nxt["lease_expires_at"] == T0_MS + 2000 + 10_000 and nxt["attempt"] == 1
+    assert nxt["fence"] > first["fence"] and orch.verify(b, nxt["token"])["valid"]
+    assert orch.verify(a, first["token"])["valid"] is False
+    assert types_of(orch, a) == ["submitted", "claimed", "released"]
+    assert types_of(orch, b) == ["submitted", "claimed"]
+    # nothing left in q1: released all the same, nothing claimed (q2 is not looked at)
+    last = orch.release_and_claim(b, nxt["token"], "failed", error="boom")
+    assert last["next"] is None
+    assert last["released"]["status"] == "pending" and last["released"]["error"] == "boom"
+    assert orch.doctor()["ok"]
+
+
+def test_release_and_claim_with_its_own_claim_parameters(orch, clock):
+    a = orch.submit_task("a", queue="q1")["id"]
+    hi = orch.submit_task("hi", queue="q2", priority=9)["id"]
+    orch.submit_task("lo", queue="q3")
+    sess = orch.start_session("w9", key="s")
+    c = orch.claim_task("w1", ["q1"], ttl=10)
+    out = orch.release_and_claim(a, c["token"], "succeeded", worker_id="w2",
+                                 queues=["q3", "q2"], ttl=60)
+    assert out["next"]["id"] == hi and out["next"]["worker_id"] == "w2"
+    assert out["next"]["lease_expires_at"] == T0_MS + 60_000
+    # kinds: a task's release can claim another kind only when asked to
+    out = orch.release_and_claim(hi, out["next"]["token"], "succeeded", queues=["default"])
+    assert out["next"] is None
+    assert sess["status"] == "running"
+
+
+def test_release_and_claim_requeue_may_hand_back_the_same_item(orch, clock):
+    a = orch.submit_task("a")["id"]
+    c = orch.claim_task("w1")
+    out = orch.release_and_claim(a, c["token"], "requeue")
+    assert out["released"]["status"] == "pending"
+    assert out["next"]["id"] == a and out["next"]["attempt"] == 2
+    assert out["next"]["fence"] > c["fence"]
+
+
+def test_release_and_claim_refused_release_claims_nothing(orch, clock, db_path):
+    a = orch.submit_task("a")["id"]
+    orch.submit_task("b")
+    c = orch.claim_task("w1", ttl=5)
+    clock.tick(6)  # the lease expired
+    before = snapshot(db_path)
+    with pytest.raises(LeaseLost):
+        orch.release_and_claim(a, c["token"], "succeeded")
+    assert snapshot(db_path) == before  # the second item was not claimed either
+
+
+def _count_commits(orch) -> list[int]:
+    """Count the commits of orch's connection (SQLite calls the WAL hook once each)."""
+    commits: list[int] = []
+    orch.store.conn.set_wal_hook(lambda _conn, _db, _frames: commits.append(1) or 0)
+    return commits
 
 
 # --- heartbeats -----------------------------------------------------------------------
@@ -876,6 +948,8 @@ OPS = st.one_of(
     st.tuples(st.just("heartbeat_worker"), WORKERS),
     st.tuples(st.just("release"), st.integers(0, 9),
               st.sampled_from(["succeeded", "failed", "cancelled", "requeue"])),
+    st.tuples(st.just("release_next"), st.integers(0, 9),
+              st.sampled_from(["succeeded", "failed", "cancelled", "requeue"])),
     st.tuples(st.just("checkpoint"), st.integers(0, 9)),
     st.tuples(st.just("cancel"), st.integers(0, 9)),
     st.tuples(st.just("resolve"), st.integers(0, 9),
@@ -923,6 +997,13 @@ def test_random_operations_keep_invariants(ops):
                         o.release_task(c["id"], c["token"], args[1])
                     else:
                         o.checkpoint(c["id"], c["token"], {"n": n})
+                elif name == "release_next" and claims:
+                    c = claims[args[0] % len(claims)]
+                    nxt = o.release_and_claim(c["id"], c["token"], args[1],
+                                              queues=["default", "q2"])["next"]
+                    if nxt is not None:
+                        claims.append(nxt)
+                        latest[nxt["id"]] = nxt["token"]
                 elif name == "heartbeat_worker":
                     o.heartbeat(worker_id=args[0])
                 elif name in ("cancel", "resolve") and items:
