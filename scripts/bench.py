@@ -117,15 +117,35 @@ class OrchEmbedded:
                 o.submit_many([{"payload": i} for i in range(start, min(n, start + 5000))])
         return lambda: None
 
-    @staticmethod
-    def consume(d: Path, sync: str, w: int):
-        got = []
+    together = False  # claim, then release: two transactions a cycle
+
+    @classmethod
+    def consume(cls, d: Path, sync: str, w: int):
         with Orchestrator(d / "orch.db", synchronous=sync) as o:
-            while (c := o.claim_task(f"w{w}", ttl=60)) is not None:
-                o.release_task(c["id"], c["token"], "succeeded")
-                got.append(c["payload"])
+            got = orch_loop(o, f"w{w}", cls.together)
             prag = _pragmas(lambda q: o.store.conn.execute(q).fetchall()[0])
         return got, prag
+
+
+def orch_loop(o, worker: str, together: bool) -> list:
+    """claim -> release until empty; ``together``: each release claims the next
+    (releaseAndClaim, one transaction a cycle)."""
+    got = []
+    if together:
+        c = o.claim_task(worker, ttl=60)
+        while c is not None:
+            got.append(c["payload"])
+            c = o.release_and_claim(c["id"], c["token"], "succeeded")["next"]
+        return got
+    while (c := o.claim_task(worker, ttl=60)) is not None:
+        o.release_task(c["id"], c["token"], "succeeded")
+        got.append(c["payload"])
+    return got
+
+
+class OrchEmbeddedNext(OrchEmbedded):
+    name = "orch embedded, releaseAndClaim"
+    together = True
 
 
 class OrchDaemon:
@@ -137,18 +157,22 @@ class OrchDaemon:
         proc = start_daemon(d, sync)
         return lambda: stop_daemon(proc)
 
-    @staticmethod
-    def consume(d: Path, sync: str, w: int):
-        got = []
+    together = False
+
+    @classmethod
+    def consume(cls, d: Path, sync: str, w: int):
         with Client(d / "s") as o:
-            while (c := o.claim_task(f"w{w}", ttl=60)) is not None:
-                o.release_task(c["id"], c["token"], "succeeded")
-                got.append(c["payload"])
+            got = orch_loop(o, f"w{w}", cls.together)
         import apsw  # the daemon's own settings: journal mode is the file's, sync its flag
         conn = apsw.Connection(str(d / "orch.db"))
         mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0].upper()
         conn.close()
         return got, (mode, sync.upper())
+
+
+class OrchDaemonNext(OrchDaemon):
+    name = "orch daemon, releaseAndClaim"
+    together = True
 
 
 class PersistQueue:
@@ -240,7 +264,8 @@ class Huey:
         return got, prag
 
 
-SYSTEMS = {"raw": Raw, "embedded": OrchEmbedded, "daemon": OrchDaemon,
+SYSTEMS = {"raw": Raw, "embedded": OrchEmbedded, "embedded-next": OrchEmbeddedNext,
+           "daemon": OrchDaemon, "daemon-next": OrchDaemonNext,
            "persist-queue": PersistQueue, "litequeue": LiteQueue, "huey": Huey}
 
 

@@ -1,5 +1,7 @@
 -- Every query orch runs, by name. Loaded once by orchestrator/store.py; parameters are
--- always bound (:name), never formatted in.
+-- always bound (:name), never formatted in. A bound value compared bare with an indexed
+-- column in an ordered query makes SQLite prepare the statement again at every
+-- binding (several µs); written +:name, it is bound all the same and the plan is kept.
 
 -- name: item
 SELECT * FROM items WHERE id = :id;
@@ -26,8 +28,6 @@ SELECT coalesce(max(id), 0) AS id FROM items;
 
 -- name: next_claimable
 -- The best pending item of one kind in one queue: one ordered probe of items_claimable.
--- The unary + keeps the plan from depending on the bound values: compared bare, they
--- make SQLite prepare the statement again at every binding (4-15 µs a claim).
 SELECT id, priority FROM items INDEXED BY items_claimable
 WHERE status = 'pending' AND kind = +:kind AND queue = +:queue AND run_after <= +:now
 ORDER BY priority DESC, id
@@ -62,7 +62,7 @@ RETURNING *;
 
 -- name: live_leases_of_worker
 SELECT * FROM items INDEXED BY items_lease
-WHERE status = 'running' AND worker_id = :worker_id AND lease_expires_at > :now
+WHERE status = 'running' AND worker_id = +:worker_id AND lease_expires_at > +:now
 ORDER BY id;
 
 -- name: settle
@@ -89,17 +89,17 @@ UPDATE items SET checkpoint = :checkpoint, updated_at = :now WHERE id = :id RETU
 
 -- name: expired_leases
 SELECT * FROM items INDEXED BY items_lease
-WHERE status = 'running' AND lease_expires_at <= :now
+WHERE status = 'running' AND lease_expires_at <= +:now
 ORDER BY lease_expires_at, id
 LIMIT :limit;
 
 -- name: running_children
 SELECT * FROM items INDEXED BY items_parent
-WHERE parent_id = :id AND status = 'running'
+WHERE parent_id = +:id AND status = 'running'
 ORDER BY id;
 
 -- name: children
-SELECT * FROM items INDEXED BY items_parent WHERE parent_id = :id ORDER BY id;
+SELECT * FROM items INDEXED BY items_parent WHERE parent_id = +:id ORDER BY id;
 
 -- name: list_items
 SELECT * FROM items
@@ -132,7 +132,7 @@ SELECT * FROM event_log WHERE seq > :since ORDER BY seq LIMIT :limit;
 
 -- name: events_of_item
 SELECT * FROM event_log INDEXED BY event_log_item
-WHERE item_id = :item_id AND seq > :since
+WHERE item_id = +:item_id AND seq > +:since
 ORDER BY seq
 LIMIT :limit;
 
@@ -145,7 +145,7 @@ SELECT * FROM event_log ORDER BY seq;
 -- name: next_due
 -- When the next delayed item of one kind in one queue becomes claimable (daemon waiters).
 SELECT min(run_after) AS due FROM items INDEXED BY items_claimable
-WHERE status = 'pending' AND kind = :kind AND queue = :queue AND run_after > :now;
+WHERE status = 'pending' AND kind = +:kind AND queue = +:queue AND run_after > +:now;
 
 -- name: data_version
 PRAGMA data_version;
