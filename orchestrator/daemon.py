@@ -1,11 +1,12 @@
 """``orch daemon``: the per-machine owner of the database, serving JSON-RPC on a Unix socket.
 
-Shape: an asyncio loop owns the socket and every client connection; one writer thread
-owns the write connection and commits whatever requests are queued together (one
-IMMEDIATE transaction, one savepoint per request, one COMMIT, then every reply); a
-small pool of reader threads answers reads from their own connections (WAL), so reads
-never wait behind the writer. Parked ``claimTask(wait=…)`` callers are woken by the
-commits that make items claimable, never by polling.
+Shape: an asyncio loop owns the socket, every client connection and the write
+connection. The writes read in one turn of the loop are committed together at the
+start of the next (one IMMEDIATE transaction, one savepoint per request, one COMMIT,
+then every reply); a small pool of reader threads answers reads from their own
+connections (WAL), and a checkpointer thread copies the WAL back into the database.
+Parked ``claimTask(wait=…)`` callers are woken by the commits that make items
+claimable, never by polling.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import fcntl
 import json
 import os
-import queue
 import signal
 import socket
 import struct
@@ -59,88 +59,93 @@ class StartupError(OrchError):
 # --- the writer: one connection, group commit --------------------------------------------
 
 
-@dataclass
-class _Job:
-    op: str
-    kwargs: dict
-    future: asyncio.Future
+Done = Callable[[tuple[bool, Any]], None]
 
 
-class Writer(threading.Thread):
-    """Owns the write connection; commits queued requests together."""
+class GroupCommit:
+    """Owns the write connection; commits the writes of one loop turn together.
 
-    def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop):
-        super().__init__(name="orch-writer", daemon=True)
+    It runs in the event loop's thread. Every request read in one turn of the loop
+    joins the group, which commits at the start of the next turn: one IMMEDIATE
+    transaction, a savepoint per request when there are several, one COMMIT. While a
+    group commits, the next one gathers in the clients' sockets. No thread hands work
+    to another: on this path every handoff (a lock, a wake-up, the GIL passed back and
+    forth at each SQLite call) cost more than the SQL itself.
+    """
+
+    def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop,
+                 clients: Callable[[], int] = lambda: 0):
         self.store = store
         self.loop = loop
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.clients = clients
+        self.waited = False
+        self.pending: list[tuple[str, dict, Done]] = []
         self.commits = 0
         self.committed_requests = 0
 
-    def submit(self, op: str, kwargs: dict) -> asyncio.Future:
-        """Queue a write; the future gets (ok, value) once its group has committed."""
+    def submit(self, op: str, kwargs: dict, done: Done) -> None:
+        """Queue a write; ``done((ok, value))`` is called once its group has committed."""
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append((op, kwargs, done))
+
+    def submit_future(self, op: str, kwargs: dict) -> asyncio.Future:
         fut = self.loop.create_future()
-        self.jobs.put(_Job(op, kwargs, fut))
+        self.submit(op, kwargs, lambda outcome: fut.done() or fut.set_result(outcome))
         return fut
 
-    def stop(self) -> None:
-        self.jobs.put(None)
-
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            job = self.jobs.get()
-            if job is None:
-                break
-            group = [job]
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                group.append(nxt)
+    def flush(self) -> None:
+        if not self.waited and len(self.pending) < self.clients():
+            # Other clients may be about to send: one more turn of the loop reads
+            # whatever has arrived since, so it shares this commit.
+            self.waited = True
+            self.loop.call_soon(self.flush)
+            return
+        self.waited = False
+        group, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
+        if self.pending:
+            self.loop.call_soon(self.flush)
+        try:
+            outcomes = self._commit(group)
+        except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
+            logger.exception("group commit failed")
+            outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
+                * len(group)
+        for (_, _, done), outcome in zip(group, outcomes, strict=True):
             try:
-                outcomes = self._commit(group)
-            except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
-                logger.exception("group commit failed")
-                outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
-                    * len(group)
-            # One wake-up of the event loop for the whole group.
-            self.loop.call_soon_threadsafe(_settle_all, group, outcomes)
+                done(outcome)
+            except Exception:  # noqa: BLE001 -- one reply's failure is not the group's
+                logger.exception("delivering a reply failed")
 
-    def _commit(self, group: list[_Job]) -> list[tuple[bool, Any]]:
+    def _commit(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
         if len(group) == 1:  # alone: its own transaction, no savepoint needed
-            job = group[0]
-            fn, _ = OPERATIONS[job.op]
+            op, kwargs, _ = group[0]
+            fn, _ = OPERATIONS[op]
             try:
-                outcomes = [(True, self.store.write(
-                    lambda tx: fn(tx, clock.now_ms(), **job.kwargs)))]
+                outcomes = [(True, self.store.write(lambda tx: fn(tx, clock.now_ms(), **kwargs)))]
             except Exception as exc:  # noqa: BLE001 -- mapped, never raised in the writer
-                outcomes = [_failure(job, exc)]
+                outcomes = [_failure(op, exc)]
         else:
             outcomes = self._commit_group(group)
         self.commits += 1
         self.committed_requests += len(group)
         return outcomes
 
-    def _commit_group(self, group: list[_Job]) -> list[tuple[bool, Any]]:
+    def _commit_group(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
         def attempt() -> list[tuple[bool, Any]]:
             outcomes: list[tuple[bool, Any]] = []
             with self.store.transaction() as tx:
-                for j in group:
-                    fn, _ = OPERATIONS[j.op]
+                for op, kwargs, _ in group:
+                    fn, _ = OPERATIONS[op]
                     try:
                         with tx.savepoint():
-                            outcomes.append((True, fn(tx, clock.now_ms(), **j.kwargs)))
+                            outcomes.append((True, fn(tx, clock.now_ms(), **kwargs)))
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
                     except apsw.BusyError:
                         raise  # retry the whole group
                     except Exception as exc:  # noqa: BLE001 -- this request fails alone
-                        outcomes.append(_failure(j, exc))
+                        outcomes.append(_failure(op, exc))
             return outcomes
 
         try:
@@ -153,7 +158,6 @@ class Writer(threading.Thread):
         except apsw.Error as exc:  # the COMMIT itself failed: nothing of the group stands
             logger.exception("group commit failed")
             return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
-
 
 
 class Checkpointer(threading.Thread):
@@ -190,14 +194,14 @@ class Checkpointer(threading.Thread):
         self.join()
 
 
-def _failure(job: _Job, exc: Exception) -> tuple[bool, OrchError]:
+def _failure(op: str, exc: Exception) -> tuple[bool, OrchError]:
     """What a request that raised gets back; unexpected errors are logged, never raised."""
     if isinstance(exc, OrchError):
         return False, exc
     if isinstance(exc, apsw.Error):
-        logger.bind(method=job.op).opt(exception=exc).error("request failed in the database")
+        logger.bind(method=op).opt(exception=exc).error("request failed in the database")
         return False, Unavailable(f"database error: {exc}")
-    logger.bind(method=job.op).opt(exception=exc).error("internal error")
+    logger.bind(method=op).opt(exception=exc).error("internal error")
     return False, OrchError(f"internal error: {type(exc).__name__}")
 
 
@@ -275,7 +279,7 @@ class Daemon:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.connections: set[asyncio.StreamWriter] = set()
+        self.connections: set[_Connection] = set()
         self._locks: list[int] = []
         self._local = threading.local()
         self._readers: list[SQLiteStore] = []
@@ -322,8 +326,7 @@ class Daemon:
         self._claim_socket_path()
         self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
         self.writer_store.conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self.writer = Writer(self.writer_store, loop)
-        self.writer.start()
+        self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections))
         self.checkpointer = Checkpointer(SQLiteStore(self.db, synchronous=self.synchronous))
         self.checkpointer.start()
         self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
@@ -334,8 +337,8 @@ class Daemon:
         paths.ensure_private_dir(self.sock.parent)
         old_umask = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._client, path=str(self.sock),
-                                                     limit=protocol.MAX_LINE + 2)
+            server = await loop.create_unix_server(lambda: _Connection(self),
+                                                   path=str(self.sock))
         finally:
             os.umask(old_umask)
         os.chmod(self.sock, paths.FILE_MODE)
@@ -348,11 +351,11 @@ class Daemon:
         ticker.cancel()
         self.waiters.wake_all()
         await self._drain()
-        for w in list(self.connections):
-            w.close()
+        for conn in list(self.connections):
+            conn.close()
         await server.wait_closed()
-        self.writer.stop()
-        await loop.run_in_executor(None, self.writer.join)
+        while self.writer.pending:  # nothing is left uncommitted
+            self.writer.flush()
         self.checkpointer.stop()
         self.checkpointer.store.close()
         self.pool.shutdown(wait=True)
@@ -410,7 +413,7 @@ class Daemon:
         return store
 
     async def _write(self, op: str, kwargs: dict) -> tuple[bool, Any]:
-        ok, value = await self.writer.submit(op, kwargs)
+        ok, value = await self.writer.submit_future(op, kwargs)
         if ok and op in FEEDS:
             self._feed(op, value)
         return ok, value
@@ -514,69 +517,47 @@ class Daemon:
 
     # -- the wire --
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        try:
-            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-        except OSError:
-            uid = -1
-        if uid != os.getuid():
-            logger.bind(peer_uid=uid).warning("refused a client of another uid")
-            writer.write(protocol.encode(protocol.error(
-                None, RPC_INVALID_REQUEST, "only the daemon's owner may connect",
-                {"reason": "forbidden"})))
-            await _close(writer)
-            return
-        self.connections.add(writer)
-        buf = bytearray()
-        try:
-            while not self.stopping.is_set():
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    if len(buf) > protocol.MAX_LINE:
-                        await self._send(writer, protocol.error(
-                            None, 1004, f"line over {protocol.MAX_LINE} bytes",
-                            {"reason": "limit", "limit": protocol.MAX_LINE}))
-                        return
-                    try:
-                        chunk = await (asyncio.wait_for(reader.read(1 << 16), self.line_timeout_s)
-                                       if buf else reader.read(1 << 16))
-                    except TimeoutError:
-                        logger.info("dropped a client that stalled mid-line")
-                        return
-                    if not chunk:
-                        return
-                    buf += chunk
-                    continue
-                line = bytes(buf[:nl])
-                del buf[:nl + 1]
-                if len(line) > protocol.MAX_LINE:
-                    await self._send(writer, protocol.error(
-                        None, 1004, f"line over {protocol.MAX_LINE} bytes",
-                        {"reason": "limit", "limit": protocol.MAX_LINE}))
-                    return
-                if not line.strip():
-                    continue
-                self.inflight += 1
-                try:
-                    reply = await self._handle_line(
-                        line, lambda: reader.at_eof() or writer.is_closing())
-                finally:
-                    self.inflight -= 1
-                    if not self.inflight:
-                        self.idle.set()
-                if reply is not None:
-                    await self._send(writer, reply)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client vanished; anything it asked for has been answered or dropped
-        finally:
-            self.connections.discard(writer)
-            await _close(writer)
+    def dispatch(self, conn: _Connection, line: bytes) -> None:
+        """Answer one line of ``conn`` (through ``conn.reply``).
 
-    async def _send(self, writer: asyncio.StreamWriter, message: Any) -> None:
-        writer.write(protocol.encode(message))
-        await writer.drain()
+        The common case, one request for a write that does not wait, goes straight to
+        the group commit with a callback; everything else (batches, reads, waits,
+        errors, debug logging) runs as a task through ``_handle_line``.
+        """
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            message = None  # the task below says what is wrong
+        op = None
+        if isinstance(message, dict) and not self.debug:
+            method = message.get("method")
+            op = protocol.METHODS.get(method) if isinstance(method, str) else None
+        if op is not None and "id" in message and message.get("jsonrpc") == "2.0" \
+                and isinstance(message.get("params", {}), dict) and OPERATIONS[op][1] \
+                and not (op in WAITED and message.get("params", {}).get("wait")) \
+                and _plain_id(message["id"]) and line.count(b"[") + line.count(b"{") \
+                <= protocol.MAX_MESSAGE_DEPTH:
+            id_ = message["id"]
+            try:
+                kwargs = validate.check(op, message.get("params", {}))
+            except OrchError as exc:
+                conn.reply(_error_reply(id_, exc))
+                return
+            except Exception as exc:  # noqa: BLE001 -- never let one request take the daemon down
+                logger.exception("internal error")
+                conn.reply(_error_reply(id_, OrchError(f"internal error: {type(exc).__name__}")))
+                return
+
+            def done(outcome: tuple[bool, Any]) -> None:
+                ok, value = outcome
+                if ok and op in FEEDS:
+                    self._feed(op, value)
+                conn.reply(protocol.result(id_, value) if ok else _error_reply(id_, value))
+            self.writer.submit(op, kwargs, done)
+            return
+        task = asyncio.get_running_loop().create_task(self._handle_line(line, conn.gone))
+        task.add_done_callback(lambda t: conn.reply(
+            None if t.cancelled() else _task_reply(t)))
 
     async def _handle_line(self, line: bytes, gone: Callable[[], bool]) -> Any:
         try:
@@ -632,11 +613,7 @@ class Daemon:
             except Exception as exc:  # never let one request take the daemon down
                 log.exception("internal error")
                 ok, value = False, OrchError(f"internal error: {type(exc).__name__}")
-            if ok:
-                reply = protocol.result(id_, value)
-            else:
-                data = {"reason": value.reason, **value.data}
-                reply = protocol.error(id_, rpc_code(value), str(value), data)
+            reply = protocol.result(id_, value) if ok else _error_reply(id_, value)
         if self.debug:  # binding costs even when the line is not written
             value = reply.get("result")
             item = value.get("id") if isinstance(value, dict) else None
@@ -646,18 +623,167 @@ class Daemon:
         return None if notification else reply
 
 
-def _settle_all(group: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
-    for job, outcome in zip(group, outcomes, strict=True):
-        if not job.future.done():
-            job.future.set_result(outcome)
+#: Operations whose ``wait`` makes them park: never on the direct path.
+WAITED = frozenset(("claim_task", "execute_tool_idempotent", "release_and_claim"))
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    try:
-        writer.close()
-        await writer.wait_closed()
-    except (ConnectionError, OSError):
-        pass
+def _plain_id(id_: Any) -> bool:
+    return (isinstance(id_, str | int) and not isinstance(id_, bool)) or id_ is None
+
+
+def _error_reply(id_: Any, exc: OrchError) -> dict:
+    return protocol.error(id_, rpc_code(exc), str(exc), {"reason": exc.reason, **exc.data})
+
+
+def _task_reply(task: asyncio.Task) -> Any:
+    exc = task.exception()
+    if exc is None:
+        return task.result()
+    logger.opt(exception=exc).error("internal error")
+    return protocol.error(None, -32603, f"internal error: {type(exc).__name__}",
+                          {"reason": "internal"})
+
+
+class _Connection(asyncio.Protocol):
+    """One client: reads lines, answers them one at a time, in order."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.busy = False  # a request of this client is being answered
+        self.pumping = False
+        self.eof = False
+        self.paused = False
+        self.stall: asyncio.TimerHandle | None = None
+
+    # -- asyncio's callbacks --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        try:
+            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        except OSError:
+            uid = -1
+        if uid != os.getuid():
+            logger.bind(peer_uid=uid).warning("refused a client of another uid")
+            self.transport.write(protocol.encode(protocol.error(
+                None, RPC_INVALID_REQUEST, "only the daemon's owner may connect",
+                {"reason": "forbidden"})))
+            self.transport.close()
+            return
+        self.daemon.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.busy and len(self.buf) > 2 * protocol.MAX_LINE and not self.paused:
+            self.paused = True  # a client that sends far ahead waits for its answers
+            self.transport.pause_reading()
+        self.pump()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.pump()
+        return True  # keep the socket open to write the answer in progress
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._cancel_stall()
+        self.daemon.connections.discard(self)
+
+    # -- lines in, answers out --
+
+    def gone(self) -> bool:
+        return self.eof or self.transport.is_closing()
+
+    def pump(self) -> None:
+        """Start on the next complete line, unless one is being answered already."""
+        if self.pumping:
+            return  # reply() called from inside: the loop below goes on
+        self.pumping = True
+        try:
+            while not self.busy and not self.transport.is_closing():
+                if self.daemon.stopping.is_set():
+                    self.close()  # no new requests once stopping
+                    return
+                nl = self.buf.find(b"\n")
+                if nl < 0:
+                    self._partial()
+                    return
+                if nl > protocol.MAX_LINE:
+                    self._over_limit()
+                    return
+                line = bytes(self.buf[:nl])
+                del self.buf[:nl + 1]
+                if not line.strip():
+                    continue
+                self.busy = True
+                self.daemon.inflight += 1
+                self.daemon.dispatch(self, line)
+        finally:
+            self.pumping = False
+
+    def reply(self, message: Any) -> None:
+        self.busy = False
+        self.daemon.inflight -= 1
+        if not self.daemon.inflight:
+            self.daemon.idle.set()
+        if message is not None and not self.transport.is_closing():
+            try:
+                data = protocol.encode(message)
+            except Exception:  # noqa: BLE001 -- an answer that cannot be sent ends the connection
+                logger.exception("cannot encode an answer")
+                self.close()
+                return
+            self.transport.write(data)
+        if self.paused and len(self.buf) <= protocol.MAX_LINE:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.daemon.stopping.is_set() and not self.busy:
+            self.close()
+            return
+        self.pump()
+
+    def close(self) -> None:
+        self._cancel_stall()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _partial(self) -> None:
+        """No complete line buffered: close at EOF, refuse an endless line, time a stall."""
+        if len(self.buf) > protocol.MAX_LINE:
+            self._over_limit()
+        elif self.eof or self.daemon.stopping.is_set():
+            self.close()
+        elif self.buf:
+            if self.stall is None:
+                self.stall = asyncio.get_running_loop().call_later(
+                    self.daemon.line_timeout_s, self._stalled, len(self.buf))
+        else:
+            self._cancel_stall()
+
+    def _stalled(self, size: int) -> None:
+        self.stall = None
+        if self.busy or not self.buf:
+            return
+        if len(self.buf) != size:  # it moved on since: give it another while
+            self._partial()
+            return
+        logger.info("dropped a client that stalled mid-line")
+        self.close()
+
+    def _cancel_stall(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _over_limit(self) -> None:
+        self.transport.write(protocol.encode(protocol.error(
+            None, 1004, f"line over {protocol.MAX_LINE} bytes",
+            {"reason": "limit", "limit": protocol.MAX_LINE})))
+        self.close()
 
 
 def setup_logging(log_file: Path | None, level: str = "INFO") -> None:

@@ -31,7 +31,11 @@ assert set(METHODS.values()) <= set(OPERATIONS)
 
 
 def encode(message: Any) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (in an echoed id, say): escape it
+        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def error(id_: Any, code: int, message: str, data: dict | None = None) -> dict:
