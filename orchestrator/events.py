@@ -68,10 +68,13 @@ def next_seq(tx) -> int:
 
 
 def chained(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
-            fence: int | None, detail: dict[str, Any]) -> dict[str, Any]:
-    """The next event's row, linked into the chain (the caller inserts it)."""
+            fence: int | None, detail: dict[str, Any] | str) -> dict[str, Any]:
+    """The next event's row, linked into the chain (the caller inserts it).
+
+    ``detail`` is a dict, or its compact JSON text already made.
+    """
     seq = next_seq(tx)
-    text = dump_json(detail)
+    text = detail if isinstance(detail, str) else dump_json(detail)
     h = chain_hash(tx.last_hash, seq, at, item_id, type_, worker_id, fence, text)
     row = {"seq": seq, "at": at, "item_id": item_id, "type": type_, "worker_id": worker_id,
            "fence": fence, "detail": text, "prev_hash": tx.last_hash, "hash": h}

@@ -28,7 +28,7 @@ SELECT coalesce(max(id), 0) AS id FROM items;
 
 -- name: next_claimable
 -- The best pending item of one kind in one queue: one ordered probe of items_claimable.
-SELECT id, priority FROM items INDEXED BY items_claimable
+SELECT * FROM items INDEXED BY items_claimable
 WHERE status = 'pending' AND kind = +:kind AND queue = +:queue AND run_after <= +:now
 ORDER BY priority DESC, id
 LIMIT 1;
@@ -37,14 +37,13 @@ LIMIT 1;
 SELECT max(fence) AS fence FROM items;
 
 -- name: claim_item
--- A takeover (the item is still 'running' here) keeps a pending cancel request.
+-- The caller gives the new row (rules.claim_row); a takeover keeps a cancel request.
 UPDATE items
-SET status = 'running', attempts = attempts + 1, worker_id = :worker_id, fence = :fence,
-    token_hash = :token_hash, lease_ttl_ms = :ttl, lease_expires_at = :now + :ttl,
-    heartbeat_at = :now, updated_at = :now,
-    cancel_requested = CASE WHEN status = 'running' THEN cancel_requested ELSE 0 END
-WHERE id = :id
-RETURNING *;
+SET status = 'running', attempts = :attempts, worker_id = :worker_id, fence = :fence,
+    token_hash = :token_hash, lease_ttl_ms = :lease_ttl_ms,
+    lease_expires_at = :lease_expires_at, heartbeat_at = :heartbeat_at,
+    updated_at = :updated_at, cancel_requested = :cancel_requested
+WHERE id = :id;
 
 -- name: register_worker
 INSERT INTO workers (worker_id, first_seen, last_seen, lease_expires_at)
@@ -67,18 +66,11 @@ ORDER BY id;
 
 -- name: settle
 -- Any move out of a lease (release, recovery, cancel, resolve): the lease is dropped,
--- worker_id and fence stay to name the last holder.
+-- worker_id and fence stay to name the last holder. The caller gives the new row
+-- (rules.settled).
 UPDATE items
 SET status = :status, run_after = :run_after, result = :result, error = :error,
-    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :now
-WHERE id = :id
-RETURNING *;
-
--- name: settle_many
--- settle, for executemany (recovery in bulk): the caller knows the new rows.
-UPDATE items
-SET status = :status, run_after = :run_after, result = :result, error = :error,
-    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :now
+    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :updated_at
 WHERE id = :id;
 
 -- name: request_cancel

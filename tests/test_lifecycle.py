@@ -877,6 +877,23 @@ def test_submit_many(orch, clock, db_path):
     assert orch.doctor()["ok"]
 
 
+def test_submit_many_answers_and_events_equal_one_by_one_submits(tmp_path, clock):
+    """The bulk path formats its events and answers itself: they must be exactly what
+    submit_task makes, for every queue character, kind, effect and number."""
+    items = [{"payload": {"n": i, "s": "é\"\\"}, "queue": q, "priority": p,
+              "max_attempts": m, "delay": d, "effect": e, "kind": k}
+             for i, (q, p, m, d, e, k) in enumerate([
+                 ("a.b_c:d-9", -(2**63), 0, 0, "unsafe", "task"),
+                 ("Q", 2**63 - 1, None, 1.5, None, "session"),
+                 ("x" * 128, 0, 1_000_000, 0, "idempotent", "task")])]
+    with Orchestrator(tmp_path / "bulk.db") as bulk, Orchestrator(tmp_path / "one.db") as one:
+        many = bulk.submit_many(items)
+        singles = [one.submit_task(**it) for it in items]
+        assert many == singles
+        assert bulk.list_events(limit=0) == one.list_events(limit=0)  # details, hashes
+        assert bulk.doctor()["ok"]
+
+
 def test_list_tasks(orch, clock):
     ids = [orch.submit_task(i, queue="a" if i % 2 else "b")["id"] for i in range(6)]
     s = orch.submit_task("s", kind="session")["id"]
