@@ -18,7 +18,14 @@ def check(store: Store) -> dict:
 
 def _check_log(tx: Tx, problems: list[str]) -> dict:
     prev, expected_seq, events = ev.GENESIS, 1, []
+    latest: dict[int, int] = {}  # item -> its latest event so far
     for e in tx.all("all_events"):
+        if e["item_id"] is not None:
+            before = latest.get(e["item_id"], 0)
+            if e["item_prev"] is not None and e["item_prev"] != before:
+                problems.append(f"event {e['seq']}: links to event {e['item_prev']} as item "
+                                f"{e['item_id']}'s previous, which is {before}")
+            latest[e["item_id"]] = e["seq"]
         if e["seq"] != expected_seq:
             problems.append(f"event log: expected event {expected_seq}, found {e['seq']}")
         if e["prev_hash"] != prev or e["hash"] != ev.chain_hash(
@@ -39,6 +46,9 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
         if want is None:
             problems.append(f"item {row['id']}: has no events")
             continue
+        if row["last_event"] != latest.get(row["id"], 0):
+            problems.append(f"item {row['id']}: names event {row['last_event']} as its latest, "
+                            f"the log says {latest.get(row['id'], 0)}")
         have = ev.state_of(row, _ROW_FIELDS)
         want = _UNSET | want
         for field in ev.STATE_FIELDS:

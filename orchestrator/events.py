@@ -87,6 +87,7 @@ def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
     """Append one event in the caller's transaction; returns its sequence number."""
     row = chained(tx, at, item_id, type_, worker_id, fence, detail)
     tx.run("insert_event", row)
+    tx.run("link_event", row)
     return row["seq"]
 
 

@@ -30,12 +30,16 @@ OP_METHOD = {op: method for method, op in METHODS.items()}
 assert set(METHODS.values()) <= set(OPERATIONS)
 
 
+# Made once: json.dumps builds a new encoder at every call when given options.
+_UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode(message: Any) -> bytes:
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
     try:
-        return text.encode() + b"\n"
+        return _UTF8(message).encode() + b"\n"
     except UnicodeEncodeError:  # a lone surrogate (in an echoed id, say): escape it
-        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        return _ASCII(message).encode() + b"\n"
 
 
 def error(id_: Any, code: int, message: str, data: dict | None = None) -> dict:

@@ -83,7 +83,7 @@ def iso(ms: int | None) -> str:
 def public(row: dict) -> dict[str, Any]:
     """An item as users see it: JSON values decoded, the token hash left out."""
     out = dict(row)
-    del out["token_hash"]
+    del out["token_hash"], out["last_event"]
     for col in JSON_COLUMNS:
         if out[col] is not None:
             out[col] = json.loads(out[col])
@@ -224,11 +224,15 @@ def insert_plain(tx: Tx, now: int, batch: list[dict]) -> list[dict]:
         rows.append(row)
         events.append(ev.chained(tx, now, row["id"], "submitted", None, None,
                                  submitted_detail(row)))
+        row["last_event"] = events[-1]["seq"]
+    tx.run_many("insert_event", events)  # first: they link to no earlier event
     tx.run_many("insert_item_with_id", rows)
-    tx.run_many("insert_event", events)
     payloads = json.loads("[" + ",".join(row["payload"] for row in rows) + "]")
-    return [{**row, "payload": payload, "cancel_requested": False, "created": True}
-            for row, payload in zip(rows, payloads, strict=True)]
+    answers = [{**row, "payload": payload, "cancel_requested": False, "created": True}
+               for row, payload in zip(rows, payloads, strict=True)]
+    for a in answers:
+        del a["last_event"]
+    return answers
 
 
 def submitted_detail(row: dict) -> str:
@@ -462,6 +466,7 @@ def expire_many(tx: Tx, now: int, rows: list[dict], done: list[dict]) -> None:
     if rows:
         tx.run_many("settle", updates)
         tx.run_many("insert_event", events)
+        tx.run_many("link_event", events)
 
 
 def stale_recovery(tx: Tx, now: int, *, dry_run: bool = False) -> dict:

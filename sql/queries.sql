@@ -17,11 +17,11 @@ VALUES (:kind, :queue, :parent_id, :key, :payload, :priority, 'pending', 0,
 RETURNING *;
 
 -- name: insert_item_with_id
--- Bulk submit: the caller gives the id (see rules.insert_plain).
+-- Bulk submit: the caller gives the id and its submitted event (see rules.insert_plain).
 INSERT INTO items (id, kind, queue, parent_id, key, payload, priority, status, attempts,
-                   max_attempts, run_after, effect, created_at, updated_at)
+                   max_attempts, run_after, effect, created_at, updated_at, last_event)
 VALUES (:id, :kind, :queue, NULL, NULL, :payload, :priority, 'pending', 0,
-        :max_attempts, :run_after, :effect, :created_at, :updated_at);
+        :max_attempts, :run_after, :effect, :created_at, :updated_at, :last_event);
 
 -- name: max_item_id
 SELECT coalesce(max(id), 0) AS id FROM items;
@@ -116,15 +116,32 @@ SELECT * FROM workers WHERE lease_expires_at > :now ORDER BY worker_id;
 SELECT seq, hash FROM event_log ORDER BY seq DESC LIMIT 1;
 
 -- name: insert_event
-INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash)
-VALUES (:seq, :at, :item_id, :type, :worker_id, :fence, :detail, :prev_hash, :hash);
+-- Linked to the item's previous event; then link_event makes this one its latest.
+INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash,
+                       item_prev)
+VALUES (:seq, :at, :item_id, :type, :worker_id, :fence, :detail, :prev_hash, :hash,
+        coalesce((SELECT last_event FROM items WHERE id = :item_id), 0));
+
+-- name: link_event
+UPDATE items SET last_event = :seq WHERE id = :item_id;
 
 -- name: events_since
 SELECT * FROM event_log WHERE seq > :since ORDER BY seq LIMIT :limit;
 
 -- name: events_of_item
-SELECT * FROM event_log INDEXED BY event_log_item
-WHERE item_id = +:item_id AND seq > +:since
+-- Linked events: back from the item's latest, one link at a time, down to :since.
+-- Events from before the links (migration 0002): through their partial index.
+WITH RECURSIVE chain (seq) AS (
+    SELECT last_event FROM items WHERE id = :item_id AND last_event > :since
+    UNION ALL
+    SELECT e.item_prev FROM event_log AS e JOIN chain ON e.seq = chain.seq
+    WHERE e.item_prev > :since
+)
+SELECT e.* FROM event_log AS e JOIN chain ON e.seq = chain.seq
+WHERE e.item_prev IS NOT NULL
+UNION ALL
+SELECT * FROM event_log INDEXED BY event_log_item_unlinked
+WHERE item_id = +:item_id AND item_prev IS NULL AND seq > +:since
 ORDER BY seq
 LIMIT :limit;
 

@@ -13,6 +13,7 @@ from conftest import CliResult
 from freezegun import freeze_time
 
 from orchestrator import Orchestrator
+from orchestrator.store import SCHEMA_VERSION
 from orchestrator.cli import cli as cli_group
 from orchestrator.cli import run
 from orchestrator.rules import hash_token
@@ -71,11 +72,11 @@ def test_init(cli, db_path):
     assert not db_path.exists()
     r = cli("init")
     ok(r)
-    assert str(db_path) in r.out and "schema 1" in r.out
+    assert str(db_path) in r.out and f"schema {SCHEMA_VERSION}" in r.out
     assert db_path.exists()
     r = cli("init", "--json")
     ok(r)
-    assert r.json == {"db": str(db_path), "schema_version": 1}
+    assert r.json == {"db": str(db_path), "schema_version": SCHEMA_VERSION}
 
 
 def test_submit_text_and_json(cli):

@@ -4,6 +4,7 @@ backup (SPEC sections 2, 5, 7 and 10)."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 from conftest import ROOT, orch_process
 
 from orchestrator import Orchestrator, SchemaTooNew
+from orchestrator import events as ev
 from orchestrator.store import QUERIES, SCHEMA_VERSION, SQL_DIR, load_queries
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -257,6 +259,57 @@ def test_newer_schema_is_refused(tmp_path):
     assert rows(conn, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
     assert rows(conn, "SELECT name FROM sqlite_master") == []  # nothing was touched
     conn.close()
+
+
+def test_a_version_1_file_keeps_its_history_through_migration_2(tmp_path):
+    """0002 links events to their item's previous one; events written before it have no
+    links and must stay findable, before and after new linked events of the same item."""
+    db = tmp_path / "v1.db"
+    conn = raw(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    with conn:
+        conn.execute((SQL_DIR / "migrations" / "0001_initial.sql").read_text())
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    conn = raw(db)
+    with conn:  # one item and its submitted event, as orch wrote them under schema 1
+        conn.execute("INSERT INTO items (kind, queue, payload, status, max_attempts, run_after,"
+                     " effect, created_at, updated_at)"
+                     " VALUES ('task', 'default', '1', 'pending', 3, 0, 'idempotent', 0, 0)")
+        detail = json.dumps({"kind": "task", "queue": "default", "parent_id": None,
+                             "key": None, "priority": 0, "status": "pending", "attempts": 0,
+                             "max_attempts": 3, "run_after": 0, "effect": "idempotent",
+                             "payload_sha256": hashlib.sha256(b"1").hexdigest()},
+                            separators=(",", ":"))
+        h = ev.chain_hash(ev.GENESIS, 1, 0, 1, "submitted", None, None, detail)
+        conn.execute("INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail,"
+                     " prev_hash, hash) VALUES (1, 0, 1, 'submitted', NULL, NULL, ?, ?, ?)",
+                     (detail, ev.GENESIS, h))
+    conn.close()
+    with Orchestrator(db) as o:  # migrates
+        c = o.claim_task("w1")
+        o.release_task(c["id"], c["token"], "succeeded")
+        assert [e["type"] for e in o.list_events(item_id=1)] == ["submitted", "claimed",
+                                                                  "released"]
+        assert [e["type"] for e in o.list_events(item_id=1, since=1)] == ["claimed",
+                                                                           "released"]
+        assert [e["type"] for e in o.list_events(item_id=1, limit=2)] == ["submitted",
+                                                                           "claimed"]
+        assert o.doctor()["ok"], o.doctor()
+    conn = raw(db)
+    assert rows(conn, "SELECT seq, item_prev FROM event_log ORDER BY seq") == \
+        [(1, None), (2, 1), (3, 2)]
+    assert rows(conn, "SELECT last_event FROM items") == [(3,)]
+    assert not rows(conn, "SELECT 1 FROM sqlite_schema WHERE name = 'event_log_item'")
+    conn.close()
+
+
+def test_doctor_names_a_broken_item_link(busy_db):
+    conn = raw(busy_db)
+    conn.execute("UPDATE items SET last_event = 1 WHERE id = 2")
+    conn.close()
+    p = doctor_cli(busy_db)
+    assert p.returncode == 1 and "item 2: names event 1 as its latest" in p.stdout, p.stdout
 
 
 def test_empty_existing_file_is_migrated(tmp_path):
