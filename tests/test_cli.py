@@ -13,10 +13,10 @@ from conftest import CliResult
 from freezegun import freeze_time
 
 from orchestrator import Orchestrator
-from orchestrator.store import SCHEMA_VERSION
 from orchestrator.cli import cli as cli_group
 from orchestrator.cli import run
 from orchestrator.rules import hash_token
+from orchestrator.store import SCHEMA_VERSION
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
