@@ -9,7 +9,9 @@
 Sections:
   cycle     N items submitted, then W consumers loop claim -> ack until the queue is
             empty (W = 1 process and W = 4 processes on one file); cycles/s, items
-            delivered twice and never. Every system, interleaved, over several
+            delivered twice and never. orch runs the loop both ways: claimTask then
+            releaseTask (two transactions a cycle), and releaseAndClaim (the release
+            and the next claim in one). Every system, interleaved, over several
             rounds; medians with min-max and the ratio to the raw limit at the same
             synchronous setting. Each system's journal_mode and synchronous are read
             back from its own connection and printed.
@@ -526,12 +528,12 @@ def main() -> None:
     if "cycle" in only:
         report["cycle"] = rows = cycle_section(a.items, a.rounds, systems)
         print(f"\nclaim cycle: {a.items} items, {a.rounds} rounds, median (min-max) cycles/s")
-        print(f"{'system':16s} {'W':>2s} {'journal/sync':16s} {'median':>9s} {'min-max':>17s} "
+        print(f"{'system':30s} {'W':>2s} {'journal/sync':12s} {'median':>9s} {'min-max':>17s} "
               f"{'x raw':>6s} {'twice':>5s} {'never':>5s}")
         for r in sorted(rows, key=lambda r: (r["workers"], r["sync"], -r["median"])):
             ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-            print(f"{r['system']:16s} {r['workers']:2d} "
-                  f"{r['journal_mode'] + '/' + r['synchronous']:16s} {r['median']:9,.0f} "
+            print(f"{r['system']:30s} {r['workers']:2d} "
+                  f"{r['journal_mode'] + '/' + r['synchronous']:12s} {r['median']:9,.0f} "
                   f"{r['min']:8,.0f}-{r['max']:<8,.0f} {ratio:>6s} {r['twice']:5d} "
                   f"{r['never']:5d}" + (f"  {r['errors'][0][:60]}" if r["errors"] else ""))
     if "recovery" in only:
