@@ -95,6 +95,8 @@ class GroupCommit:
         return fut
 
     def flush(self) -> None:
+        if not self.pending:
+            return  # flushed already (at shutdown)
         if not self.waited and len(self.pending) < self.clients():
             # Other clients may be about to send: one more turn of the loop reads
             # whatever has arrived since, so it shares this commit.

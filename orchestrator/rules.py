@@ -457,16 +457,16 @@ def expire_many(tx: Tx, now: int, rows: list[dict], done: list[dict]) -> None:
         status, run_after = after_lost_lease(row, now)
         new = settled(row, now, status, run_after=run_after, result=row["result"],
                       error=row["error"])
-        updates.append(new)
         events.append(ev.chained(tx, now, row["id"], "expired", row["worker_id"], row["fence"],
                                  {**ev.state_of(new, ev.SETTLED), "reason": "lease_expired"}))
+        new["last_event"] = events[-1]["seq"]
+        updates.append(new)
         done.append({"id": row["id"], "kind": row["kind"], "queue": row["queue"],
                      "worker_id": row["worker_id"], "fence": row["fence"], "status": status,
                      "run_after": new["run_after"], "reason": "lease_expired"})
     if rows:
-        tx.run_many("settle", updates)
         tx.run_many("insert_event", events)
-        tx.run_many("link_event", events)
+        tx.run_many("settle_linked", updates)
 
 
 def stale_recovery(tx: Tx, now: int, *, dry_run: bool = False) -> dict:

@@ -73,6 +73,15 @@ SET status = :status, run_after = :run_after, result = :result, error = :error,
     token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :updated_at
 WHERE id = :id;
 
+-- name: settle_linked
+-- settle, for recovery in bulk, also naming the item's new latest event; run after the
+-- events are inserted (they link to the previous latest).
+UPDATE items
+SET status = :status, run_after = :run_after, result = :result, error = :error,
+    token_hash = NULL, lease_expires_at = NULL, heartbeat_at = NULL, updated_at = :updated_at,
+    last_event = :last_event
+WHERE id = :id;
+
 -- name: request_cancel
 UPDATE items SET cancel_requested = 1, updated_at = :now WHERE id = :id RETURNING *;
 
@@ -80,7 +89,11 @@ UPDATE items SET cancel_requested = 1, updated_at = :now WHERE id = :id RETURNIN
 UPDATE items SET checkpoint = :checkpoint, updated_at = :now WHERE id = :id RETURNING *;
 
 -- name: expired_leases
-SELECT * FROM items INDEXED BY items_lease
+-- What recovery and status need, not whole rows (payloads and all): recovery reads
+-- every expired lease at once.
+SELECT id, kind, queue, effect, status, attempts, max_attempts, run_after, result, error,
+       worker_id, fence, lease_expires_at, heartbeat_at, cancel_requested, last_event
+FROM items INDEXED BY items_lease
 WHERE status = 'running' AND lease_expires_at <= +:now
 ORDER BY lease_expires_at, id
 LIMIT :limit;
