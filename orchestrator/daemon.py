@@ -553,7 +553,10 @@ class Daemon:
             def done(outcome: tuple[bool, Any]) -> None:
                 ok, value = outcome
                 if ok and op in FEEDS:
-                    self._feed(op, value)
+                    try:
+                        self._feed(op, value)
+                    except Exception:  # noqa: BLE001 -- committed: the answer must still go
+                        logger.exception("waking parked claims failed")
                 conn.reply(protocol.result(id_, value) if ok else _error_reply(id_, value))
             self.writer.submit(op, kwargs, done)
             return
