@@ -54,8 +54,8 @@ def chain_hash(prev_hash: str, seq: int, at: int, item_id: int | None, type_: st
                worker_id: str | None, fence: int | None, detail: str) -> str:
     # Fields joined by the unit separator, which none of them can contain unescaped
     # (worker ids refuse control characters, detail is JSON).
-    material = "\x1f".join(map(str, (prev_hash, seq, at, item_id, type_, worker_id, fence,
-                                      detail)))
+    material = f"{prev_hash}\x1f{seq}\x1f{at}\x1f{item_id}\x1f{type_}\x1f{worker_id}\x1f{fence}" \
+        f"\x1f{detail}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 

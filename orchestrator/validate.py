@@ -92,6 +92,8 @@ def parse_json_text(field: str, text: str) -> Any:
 
 def utf8_size(field: str, s: str) -> int:
     """Bytes of ``s`` in UTF-8; a lone surrogate (valid JSON, not UTF-8) is invalid."""
+    if s.isascii():  # the common case, without encoding a copy
+        return len(s)
     try:
         return len(s.encode())
     except UnicodeEncodeError:

@@ -648,6 +648,20 @@ def test_stale_recovery_outcomes(orch, clock, db_path):
     assert orch.doctor()["ok"]
 
 
+@pytest.mark.parametrize("result,error", [
+    (None, None), ('{"pages":3}', None), (None, 'boom "quoted" \\ é\n\t\x01'),
+    ('"é"', "x" * 10)])
+def test_bulk_recovery_formats_its_events_as_the_general_path(result, error):
+    from orchestrator import events as ev
+    from orchestrator.rules import expired_detail
+    from orchestrator.validate import dump_json
+    for status, run_after in (("pending", 1_700_000_000_123), ("unknown", 0), ("dead", -5)):
+        new = {"status": status, "run_after": run_after, "result": result, "error": error,
+               "lease_expires_at": None, "heartbeat_at": None}
+        assert expired_detail(new) == dump_json({**ev.state_of(new, ev.SETTLED),
+                                                 "reason": "lease_expired"})
+
+
 def test_stale_recovery_exact_expiry_agrees_with_holder_check(orch, clock):
     iid = orch.submit_task("x")["id"]
     claim = orch.claim_task("w1", ttl=10)
