@@ -71,6 +71,11 @@ class GroupCommit:
     group commits, the next one gathers in the clients' sockets. No thread hands work
     to another: on this path every handoff (a lock, a wake-up, the GIL passed back and
     forth at each SQLite call) cost more than the SQL itself.
+
+    The loop never waits for the file's write lock, though: the connection's busy
+    timeout is zero, and a group that finds the file locked by another process is
+    retried in a thread (with the usual timeout and retries) while the loop goes on
+    serving everyone else; later groups queue until it is done.
     """
 
     def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop,
@@ -79,13 +84,17 @@ class GroupCommit:
         self.loop = loop
         self.clients = clients
         self.waited = False
+        self.offloaded = False  # a group waits for the lock in self.pool
         self.pending: list[tuple[str, dict, Done]] = []
         self.commits = 0
         self.committed_requests = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="orch-writer-wait")
+        self.busy_timeout_ms = max(1, int(store.busy_budget_s * 250))
+        store.conn.set_busy_timeout(0)
 
     def submit(self, op: str, kwargs: dict, done: Done) -> None:
         """Queue a write; ``done((ok, value))`` is called once its group has committed."""
-        if not self.pending:
+        if not self.pending and not self.offloaded:
             self.loop.call_soon(self.flush)
         self.pending.append((op, kwargs, done))
 
@@ -95,8 +104,8 @@ class GroupCommit:
         return fut
 
     def flush(self) -> None:
-        if not self.pending:
-            return  # flushed already (at shutdown)
+        if self.offloaded or not self.pending:
+            return  # flushed already, or a group holds the connection in the pool
         if not self.waited and len(self.pending) < self.clients():
             # Other clients may be about to send: one more turn of the loop reads
             # whatever has arrived since, so it shares this commit.
@@ -109,10 +118,37 @@ class GroupCommit:
             self.loop.call_soon(self.flush)
         try:
             outcomes = self._commit(group)
+        except apsw.BusyError:  # another process writes: wait for it off the loop
+            self.offloaded = True
+            fut = self.loop.run_in_executor(self.pool, self._commit_waiting, group)
+            fut.add_done_callback(lambda f: self._waited(group, f))
+            return
+        self._deliver(group, outcomes)
+
+    def _commit_waiting(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+        # In the pool: the loop does not touch the connection while self.offloaded.
+        self.store.conn.set_busy_timeout(self.busy_timeout_ms)
+        try:
+            return retry_busy(lambda: self._commit(group), self.store.busy_budget_s)
+        finally:
+            self.store.conn.set_busy_timeout(0)
+
+    def _waited(self, group: list[tuple[str, dict, Done]], fut: asyncio.Future) -> None:
+        self.offloaded = False
+        try:
+            outcomes = fut.result()
+        except OrchError as exc:  # busy past the budget
+            outcomes = [(False, exc)] * len(group)
         except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
             logger.exception("group commit failed")
             outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
                 * len(group)
+        self._deliver(group, outcomes)
+        if self.pending:
+            self.loop.call_soon(self.flush)
+
+    def _deliver(self, group: list[tuple[str, dict, Done]],
+                 outcomes: list[tuple[bool, Any]]) -> None:
         for (_, _, done), outcome in zip(group, outcomes, strict=True):
             try:
                 done(outcome)
@@ -120,22 +156,33 @@ class GroupCommit:
                 logger.exception("delivering a reply failed")
 
     def _commit(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
-        if len(group) == 1:  # alone: its own transaction, no savepoint needed
-            op, kwargs, _ = group[0]
-            fn, _ = OPERATIONS[op]
-            try:
-                outcomes = [(True, self.store.write(lambda tx: fn(tx, clock.now_ms(), **kwargs)))]
-            except Exception as exc:  # noqa: BLE001 -- mapped, never raised in the writer
-                outcomes = [_failure(op, exc)]
-        else:
-            outcomes = self._commit_group(group)
+        """One attempt; BusyError (the file is locked) is the caller's to retry."""
+        try:
+            if len(group) == 1:  # alone: its own transaction, no savepoint needed
+                op, kwargs, _ = group[0]
+                fn, _ = OPERATIONS[op]
+                try:
+                    outcomes = [(True, self.store.write(
+                        lambda tx: fn(tx, clock.now_ms(), **kwargs), retry=False))]
+                except apsw.BusyError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 -- mapped, never raised here
+                    outcomes = [_failure(op, exc)]
+            else:
+                outcomes = self._commit_group(group)
+        except apsw.BusyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
+            logger.exception("group commit failed")
+            outcomes = [(False, OrchError(f"internal error: {type(exc).__name__}"))] \
+                * len(group)
         self.commits += 1
         self.committed_requests += len(group)
         return outcomes
 
     def _commit_group(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
-        def attempt() -> list[tuple[bool, Any]]:
-            outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[tuple[bool, Any]] = []
+        try:
             with self.store.transaction() as tx:
                 for op, kwargs, _ in group:
                     fn, _ = OPERATIONS[op]
@@ -145,21 +192,20 @@ class GroupCommit:
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
                     except apsw.BusyError:
-                        raise  # retry the whole group
+                        raise  # the whole group is tried again
                     except Exception as exc:  # noqa: BLE001 -- this request fails alone
                         outcomes.append(_failure(op, exc))
-            return outcomes
-
-        try:
-            try:
-                return attempt()
-            except apsw.BusyError:
-                return retry_busy(attempt, self.store.busy_budget_s)
+        except apsw.BusyError:
+            raise
         except OrchError as exc:
             return [(False, exc)] * len(group)
         except apsw.Error as exc:  # the COMMIT itself failed: nothing of the group stands
             logger.exception("group commit failed")
             return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
+        return outcomes
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class Checkpointer(threading.Thread):
@@ -356,8 +402,12 @@ class Daemon:
         for conn in list(self.connections):
             conn.close()
         await server.wait_closed()
-        while self.writer.pending:  # nothing is left uncommitted
-            self.writer.flush()
+        while self.writer.pending or self.writer.offloaded:  # nothing is left uncommitted
+            if self.writer.offloaded:
+                await asyncio.sleep(0.01)
+            else:
+                self.writer.flush()
+        self.writer.close()
         self.checkpointer.stop()
         self.checkpointer.store.close()
         self.pool.shutdown(wait=True)
@@ -659,7 +709,8 @@ class _Connection(asyncio.Protocol):
         self.busy = False  # a request of this client is being answered
         self.pumping = False
         self.eof = False
-        self.paused = False
+        self.paused = False  # reading paused (see _flow)
+        self.write_paused = False  # the client is not taking its answers fast enough
         self.stall: asyncio.TimerHandle | None = None
 
     # -- asyncio's callbacks --
@@ -683,9 +734,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if self.busy and len(self.buf) > 2 * protocol.MAX_LINE and not self.paused:
-            self.paused = True  # a client that sends far ahead waits for its answers
-            self.transport.pause_reading()
+        self.pump()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
         self.pump()
 
     def eof_received(self) -> bool:
@@ -709,7 +765,7 @@ class _Connection(asyncio.Protocol):
             return  # reply() called from inside: the loop below goes on
         self.pumping = True
         try:
-            while not self.busy and not self.transport.is_closing():
+            while not self.busy and not self.write_paused and not self.transport.is_closing():
                 if self.daemon.stopping.is_set():
                     self.close()  # no new requests once stopping
                     return
@@ -729,6 +785,19 @@ class _Connection(asyncio.Protocol):
                 self.daemon.dispatch(self, line)
         finally:
             self.pumping = False
+            self._flow()
+
+    def _flow(self) -> None:
+        """Read from the client only while it keeps up: while its answers are being
+        taken, and while what it sent ahead of them fits a line or two."""
+        stop = self.write_paused or (self.busy and len(self.buf) > 2 * protocol.MAX_LINE)
+        if self.transport.is_closing() or stop == self.paused:
+            return
+        self.paused = stop
+        if stop:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def reply(self, message: Any) -> None:
         self.busy = False
@@ -743,9 +812,6 @@ class _Connection(asyncio.Protocol):
                 self.close()
                 return
             self.transport.write(data)
-        if self.paused and len(self.buf) <= protocol.MAX_LINE:
-            self.paused = False
-            self.transport.resume_reading()
         if self.daemon.stopping.is_set() and not self.busy:
             self.close()
             return
@@ -771,8 +837,8 @@ class _Connection(asyncio.Protocol):
 
     def _stalled(self, size: int) -> None:
         self.stall = None
-        if self.busy or not self.buf:
-            return
+        if self.busy or self.write_paused or not self.buf:
+            return  # not waiting on the client's next bytes: nothing stalled
         if len(self.buf) != size:  # it moved on since: give it another while
             self._partial()
             return

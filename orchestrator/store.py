@@ -260,7 +260,8 @@ class SQLiteStore(Store):
         self._head = (tx.last_seq, tx.last_hash) if tx.last_hash is not None else None
         self._head_version = self.conn.data_version()
 
-    def write(self, fn: Callable[[Tx], T]) -> T:
+    def write(self, fn: Callable[[Tx], T], *, retry: bool = True) -> T:
+        """See Store.write; ``retry=False``: a locked file raises BusyError at once."""
         def attempt() -> T:
             try:
                 with self.transaction() as tx:
@@ -271,6 +272,8 @@ class SQLiteStore(Store):
         try:
             return self._guard(attempt)  # the common case, without the retry machinery
         except apsw.BusyError:
+            if not retry:
+                raise
             return self._guard(lambda: retry_busy(attempt, self.busy_budget_s))
 
     def read(self, fn: Callable[[Tx], T]) -> T:

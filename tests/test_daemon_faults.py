@@ -49,7 +49,7 @@ def serves(sock: Path, timeout: float = 5.0) -> bool:
     with Raw(sock, timeout=timeout) as r:
         if r.result("ping")["pong"] is not True:
             return False
-        # goes through the writer thread, and writes nothing (dry run)
+        # goes through the group commit, and writes nothing (dry run)
         return r.result("staleRecovery", {"dry_run": True})["dry_run"] is True
 
 
@@ -462,6 +462,74 @@ def test_300_idle_connections_while_another_client_works(start):
     assert rows(d.db, "SELECT status, count(*) FROM items GROUP BY status") == \
         [("succeeded", 20)]
     assert serves(d.sock)
+
+
+def test_a_file_locked_by_another_process_does_not_stop_the_daemon(start):
+    """The group commit runs in the loop's thread, but never waits there for the lock."""
+    d = start()
+    with Raw(d.sock) as a, Raw(d.sock) as b:
+        item = a.result("submitTask", {"queue": "lk"})
+        holder = apsw.Connection(str(d.db))
+        holder.execute("BEGIN IMMEDIATE")  # another process is writing
+        try:
+            a.send_json({"jsonrpc": "2.0", "id": "w", "method": "submitTask",
+                         "params": {"queue": "lk", "payload": 2}})
+            time.sleep(0.3)
+            t = time.monotonic()
+            assert b.result("ping")["pong"] is True
+            assert b.result("getTask", {"item_id": item["id"]})["id"] == item["id"]
+            assert time.monotonic() - t < 1.0  # answered while the write waits
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        reply = a.reply(timeout=15)
+        assert reply["id"] == "w" and reply["result"]["payload"] == 2
+        assert b.result("listTasks", {"queue": "lk"})[0]["id"] == reply["result"]["id"]
+    assert serves(d.sock)
+    doctor_ok(d.db)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_never_reads_its_answers_is_not_buffered_for(start):
+    d = start()
+    with Raw(d.sock) as w:
+        w.result("submitMany", {"items": [{"payload": "x" * 200_000} for _ in range(20)]})
+    before = _rss_mb(d.proc.pid)
+    with Raw(d.sock) as greedy:
+        request = protocol.encode({"jsonrpc": "2.0", "id": 1, "method": "listTasks"})
+        greedy.sock.setblocking(False)
+        sent, data, t = 0, request * 400, time.monotonic()  # 400 answers of 4 MB each
+        while sent < len(data) and time.monotonic() - t < 10:
+            try:
+                sent += greedy.sock.send(data[sent:])
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(2)
+        assert _rss_mb(d.proc.pid) - before < 150  # not 400 x 4 MB of answers held
+        assert serves(d.sock)  # and everyone else is served meanwhile
+
+
+def test_blank_lines_sent_ahead_do_not_wedge_a_connection(start):
+    d = start()
+    with Raw(d.sock, timeout=30) as r:
+        r.send_json({"jsonrpc": "2.0", "id": 1, "method": "claimTask",
+                     "params": {"worker_id": "w", "queues": ["none"], "wait": 1}})
+        r.sock.setblocking(False)
+        blank, sent, t = b"\n" * (9 << 20), 0, time.monotonic()  # past the read pause
+        while sent < len(blank) and time.monotonic() - t < 10:
+            try:
+                sent += r.sock.send(blank[sent:sent + (1 << 20)])
+            except BlockingIOError:
+                time.sleep(0.01)
+        r.sock.setblocking(True)
+        assert r.reply(timeout=10) == {"jsonrpc": "2.0", "id": 1, "result": None}
+        assert r.result("ping", timeout=10)["pong"] is True
 
 
 # --- (d) kill -9 under load -------------------------------------------------------------------
