@@ -59,6 +59,17 @@ def snapshot(db: Path) -> dict:
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
+def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """One query's rows, read straight from the file on a read-only connection."""
+    import apsw
+
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 @contextmanager
 def racers(script: str, n: int, args_for, log_dir: Path):
     """n processes of tests/helpers/SCRIPT, yielded once each has printed "ready".

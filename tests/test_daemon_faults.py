@@ -19,6 +19,7 @@ from pathlib import Path
 import apsw
 import pytest
 from conftest import DaemonProcess, orch_process, snapshot
+from conftest import db_rows as rows
 from helpers.daemon_wire import Closed, Raw, wait_until
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -34,14 +35,6 @@ LIMIT, INVALID_REQUEST, INVALID_PARAMS, LEASE_LOST, NOT_FOUND = 1004, -32600, -3
 # --- helpers ----------------------------------------------------------------------------------
 
 
-
-
-def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def serves(sock: Path, timeout: float = 5.0) -> bool:

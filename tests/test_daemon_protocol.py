@@ -15,9 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import apsw
 import pytest
-from conftest import orch_process
+from conftest import db_rows, orch_process
 from helpers.daemon_wire import Raw, wait_until
 
 from orchestrator import protocol
@@ -41,14 +40,6 @@ def daemon(start_daemon):
 def raw(daemon):
     with Raw(daemon.sock) as r:
         yield r
-
-
-def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def claimed(raw: Raw, queue: str, ttl: float = 30, **kw) -> dict:
