@@ -107,6 +107,20 @@ def release_barrier(procs: list[subprocess.Popen]) -> None:
         p.stdin.flush()
 
 
+def racers_ready(procs: list[subprocess.Popen]) -> None:
+    """Every racer says it is ready for the next round."""
+    for i, p in enumerate(procs):
+        assert p.stdout.readline().strip() == "ready", i
+
+
+def racers_finish(procs: list[subprocess.Popen], log_dir: Path) -> None:
+    """Tell every racer to stop (stdin closed); each must exit 0."""
+    for i, p in enumerate(procs):
+        p.stdin.close()
+        p.stdin = None
+        assert p.wait(timeout=30) == 0, (log_dir / f"racer-{i}.err").read_text()
+
+
 def racer_answer(p: subprocess.Popen, i: int, log_dir: Path):
     line = p.stdout.readline()
     if not line:

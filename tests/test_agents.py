@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import racer_answer, racers, release_barrier
+from conftest import racer_answer, racers, racers_finish, racers_ready, release_barrier
 from freezegun import freeze_time
 
 from orchestrator import Conflict, InvalidInput, LeaseLost, Orchestrator
@@ -77,14 +77,10 @@ def race(args_for, log_dir: Path, n: int = 100) -> tuple[list[dict], list[dict]]
     with racers("agent_racer.py", n, args_for, log_dir) as procs:
         release_barrier(procs)
         one_key = [racer_answer(p, i, log_dir) for i, p in enumerate(procs)]
-        for i, p in enumerate(procs):
-            assert p.stdout.readline().strip() == "ready", i
+        racers_ready(procs)
         release_barrier(procs)
         ten_keys = [racer_answer(p, i, log_dir) for i, p in enumerate(procs)]
-        for i, p in enumerate(procs):
-            p.stdin.close()
-            p.stdin = None
-            assert p.wait(timeout=30) == 0, (log_dir / f"racer-{i}.err").read_text()
+        racers_finish(procs, log_dir)
     return one_key, ten_keys
 
 

@@ -7,23 +7,14 @@ them, so they all hit the file at the same moment.
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from conftest import racer_answer, racers, release_barrier
+from conftest import racer_answer, racers, racers_finish, racers_ready, release_barrier
 
 from orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
-
-
-def finish(procs: list[subprocess.Popen], log_dir: Path) -> None:
-    for i, p in enumerate(procs):
-        p.stdin.close()
-        p.stdin = None
-        assert p.wait(timeout=30) == 0, (log_dir / f"racer-{i}.err").read_text()
 
 
 def test_twenty_processes_drain_a_queue_each_item_claimed_exactly_once(db_path, tmp_path):
@@ -36,7 +27,7 @@ def test_twenty_processes_drain_a_queue_each_item_claimed_exactly_once(db_path, 
     with racers("race_worker.py", n_procs, lambda i: [str(db_path), f"w{i}", "drain"], tmp_path) as procs:
         release_barrier(procs)
         per_worker = {f"w{i}": racer_answer(p, i, tmp_path) for i, p in enumerate(procs)}
-        finish(procs, tmp_path)
+        racers_finish(procs, tmp_path)
 
     claims = [(item, fence, attempt, w) for w, cs in per_worker.items()
               for item, fence, attempt in cs]
@@ -88,11 +79,10 @@ def test_hundred_processes_race_for_one_item_one_winner(db_path, tmp_path):
         release_barrier(procs)
         phase1 = [racer_answer(p, i, tmp_path) for i, p in enumerate(procs)]
         # Race 2: every process claims the other item by id.
-        for i, p in enumerate(procs):
-            assert p.stdout.readline().strip() == "ready", i
+        racers_ready(procs)
         release_barrier(procs)
         phase2 = [racer_answer(p, i, tmp_path) for i, p in enumerate(procs)]
-        finish(procs, tmp_path)
+        racers_finish(procs, tmp_path)
 
     winners1 = [(i, r["claim"]) for i, r in enumerate(phase1) if r["claim"] is not None]
     assert len(winners1) == 1, winners1
