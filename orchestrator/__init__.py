@@ -3,6 +3,7 @@
 from .api import Operations, Orchestrator
 from .errors import (
                      Conflict,
+                     Corrupt,
                      InvalidInput,
                      LeaseLost,
                      LimitExceeded,
@@ -16,6 +17,7 @@ from .errors import (
 __version__ = "0.1.0"
 __all__ = [
                      "Conflict",
+                     "Corrupt",
                      "InvalidInput",
                      "LeaseLost",
                      "LimitExceeded",

@@ -179,11 +179,15 @@ class Orchestrator(Operations):
     mode = "embedded"
 
     def __init__(self, db: str | Path | None = None, *, synchronous: str = "full",
-                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
+                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S, create: bool = True,
+                 init: bool = False):
+        """Open ``db`` (default: the per-user file). A missing file is created unless
+        ``create`` is False (NotFound then); a file without orch's schema, an empty one
+        included, raises NotFound unless ``init`` is set."""
         self.db_path = Path(db) if db is not None else paths.default_db()
         self.synchronous = synchronous
         self.store = SQLiteStore(self.db_path, synchronous=synchronous,
-                                 busy_budget_s=busy_budget_s)
+                                 busy_budget_s=busy_budget_s, create=create, init=init)
 
     def _call(self, op: str, params: dict[str, Any]) -> Any:
         kwargs = validate.check(op, params)
@@ -219,11 +223,12 @@ class Orchestrator(Operations):
 
     def clone(self) -> Orchestrator:
         return Orchestrator(self.db_path, synchronous=self.synchronous,
-                            busy_budget_s=self.store.busy_budget_s)
+                            busy_budget_s=self.store.busy_budget_s, create=False)
 
     def doctor(self) -> dict:
-        """Check the file: integrity, the event chain, and that replay equals the rows."""
-        return doctor.check(self.store)
+        """Check the file: integrity, the event chain, that replay equals the rows, and
+        that a daemon serving the file holds its locks and the WAL that is on disk."""
+        return doctor.check(self.store, self.db_path)
 
     def backup(self, dest: str | Path) -> None:
         """A consistent copy of the database at ``dest``, taken while writers go on."""

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from . import __version__, paths
-from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, NotFound, OrchError, exit_code
+from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
 from .rules import iso
 from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
 
@@ -34,14 +34,18 @@ class Settings:
         self.json = False
         self._backend = None
 
-    def backend(self):
-        """The daemon's client if its socket answers, else the database opened here."""
+    def backend(self, *, create: bool = True):
+        """The daemon's client if its socket answers, else the database opened here.
+
+        Commands that only read pass ``create=False``: a mistyped --db then says the
+        file does not exist instead of making an empty one.
+        """
         if self._backend is None:
             from .api import Orchestrator
             from .client import connect
 
             self._backend = connect(self.db, self.socket) or Orchestrator(
-                self.db, busy_budget_s=_busy_budget())
+                self.db, busy_budget_s=_busy_budget(), create=create)
         return self._backend
 
     def close(self) -> None:
@@ -186,7 +190,7 @@ def init() -> int:
     from .api import Orchestrator
 
     s = settings()
-    with Orchestrator(s.db, busy_budget_s=_busy_budget()) as orch:
+    with Orchestrator(s.db, busy_budget_s=_busy_budget(), init=True) as orch:
         st = orch.status()
         info = {"db": str(orch.db_path), "schema_version": st["schema_version"]}
     out(info, lambda i: f"database ready: {i['db']} (schema {i['schema_version']})")
@@ -385,7 +389,7 @@ def verify(item_id, token) -> int:
     Example:
       orch verify 42 --token "$token" && do-the-side-effect
     """
-    r = settings().backend().verify(item_id, token)
+    r = settings().backend(create=False).verify(item_id, token)
     out(r, lambda r: f"{'valid' if r['valid'] else 'not valid'}: item {item_id} is "
         f"{r['status']}, fence {r['fence']}")
     return 0 if r["valid"] else exit_code(LeaseLost())
@@ -399,7 +403,7 @@ def status() -> int:
     Example:
       orch status
     """
-    st = settings().backend().status()
+    st = settings().backend(create=False).status()
 
     def text(st: dict) -> str:
         lines = ["items:  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items())]
@@ -436,7 +440,7 @@ def ls(status_, queue, kind, limit) -> int:
     Example:
       orch ls --status running
     """
-    items = settings().backend().list_tasks(status_, queue, kind, limit)
+    items = settings().backend(create=False).list_tasks(status_, queue, kind, limit)
     out(items, lambda items: table(
         [[i["id"], i["kind"], i["queue"], i["status"], i["priority"],
           f"{i['attempts']}/{i['max_attempts'] or '-'}", i["worker_id"], i["fence"],
@@ -455,7 +459,7 @@ def show(item_id) -> int:
     Example:
       orch show 42 --json
     """
-    out(settings().backend().get_task(item_id), item_text)
+    out(settings().backend(create=False).get_task(item_id), item_text)
     return 0
 
 
@@ -476,7 +480,7 @@ def events(item_id, since, follow) -> int:
     Example:
       orch events --follow --json
     """
-    backend = settings().backend()
+    backend = settings().backend(create=False)
     as_json = settings().json
     since = since or 0
     while True:
@@ -497,10 +501,7 @@ def _existing_db():
     """The database opened here, refusing to create one where none is (doctor, backup)."""
     from .api import Orchestrator
 
-    db = settings().db or paths.default_db()
-    if not db.exists():
-        raise NotFound(f"no database at {db}")
-    return Orchestrator(db, busy_budget_s=_busy_budget())
+    return Orchestrator(settings().db, busy_budget_s=_busy_budget(), create=False)
 
 
 @command(cli)
@@ -664,7 +665,7 @@ def replay(session_id) -> int:
     Example:
       orch replay --session 12 --json
     """
-    out(settings().backend().replay_session(session_id), lambda t: "\n".join(_tree(t)))
+    out(settings().backend(create=False).replay_session(session_id), lambda t: "\n".join(_tree(t)))
     return 0
 
 
@@ -677,7 +678,7 @@ def why(item_id) -> int:
     Example:
       orch why 42
     """
-    out(settings().backend().explain_task(item_id), lambda r: r["text"])
+    out(settings().backend(create=False).explain_task(item_id), lambda r: r["text"])
     return 0
 
 

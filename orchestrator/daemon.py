@@ -30,7 +30,7 @@ from typing import Any
 import apsw
 from loguru import logger
 
-from . import clock, paths, protocol, rules, validate
+from . import clock, livestate, paths, protocol, rules, validate
 from .api import WAITS
 from .errors import (
     RPC_INVALID_REQUEST,
@@ -353,7 +353,7 @@ class Daemon:
         if len(os.fsencode(self.sock)) >= 104:
             raise StartupError(f"socket path is too long for a Unix socket: {self.sock}")
         self._lock(self.sock.with_name(self.sock.name + ".lock"), f"socket {self.sock}")
-        self._lock(self.db.with_name(self.db.name + ".daemon.lock"), f"database {self.db}")
+        self._lock(livestate.daemon_lock_path(self.db), f"database {self.db}")
         if self.sock.exists() or self.sock.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

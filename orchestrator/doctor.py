@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import events as ev
+from . import livestate
 from .store import Store, Tx
 
 #: What an item's replayed state starts from before its ``submitted`` event sets the rest.
@@ -10,8 +13,11 @@ _UNSET = {f: None for f in ev.STATE_FIELDS} | {"cancel_requested": 0}
 _ROW_FIELDS = tuple(f.removesuffix("_sha256") for f in ev.STATE_FIELDS)
 
 
-def check(store: Store) -> dict:
+def check(store: Store, db: Path | None = None) -> dict:
+    """``db``: the file, when a daemon serving it should be checked from outside too."""
     problems = [f"integrity_check: {p}" for p in store.integrity_problems()]
+    if db is not None:
+        problems += livestate.problems(db)
     counts = store.read(lambda tx: _check_log(tx, problems))
     return {"ok": not problems, "problems": problems, **counts}
 

@@ -59,6 +59,12 @@ class OutcomeUnknown(Unavailable):
     reason = "outcome_unknown"
 
 
+class Corrupt(OrchError):
+    """The database file is damaged, or is not a database."""
+
+    reason = "corrupt"
+
+
 class SchemaTooNew(OrchError):
     """The database was written by a newer orch."""
 
@@ -83,6 +89,7 @@ CODES: list[tuple[type[OrchError], int, int]] = [
     (NotFound, 5, 1002),
     (Conflict, 6, 1003),
     (Unavailable, 7, 1005),
+    (Corrupt, 1, 1005),
     (OrchError, 1, RPC_INTERNAL_ERROR),
 ]
 

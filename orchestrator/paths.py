@@ -46,17 +46,25 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(d, DIR_MODE)
 
 
-def ensure_private_file(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 if it does not exist yet.
+def make_private(path: Path) -> None:
+    """Give an existing file of ours mode 0600, by path.
 
-    SQLite gives the -wal and -shm files the mode of the database file, so creating
-    the database 0600 first keeps all three private whatever the umask.
+    Never by opening it: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, and SQLite's locks on the database are exactly those. Another
+    SQLite program that then finds the file unlocked believes it is the last user,
+    checkpoints and deletes the WAL still open here.
+    """
+    st = os.stat(path)
+    if st.st_mode & 0o777 != FILE_MODE and st.st_uid == os.getuid():
+        os.chmod(path, FILE_MODE)  # a file made by hand or by another tool
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600; it must not exist yet.
+
+    Only for a file no connection can have open (a new database under a temporary
+    name, a backup's destination): SQLite gives -wal and -shm the database's mode, so
+    creating it 0600 first keeps all three private whatever the umask.
     """
     ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & 0o777 != FILE_MODE and st.st_uid == os.getuid():
-            os.fchmod(fd, FILE_MODE)  # a file made by hand or another tool: make it private
-    finally:
-        os.close(fd)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))

@@ -8,7 +8,9 @@ implement beside :class:`SQLiteStore`, with its own ``queries.sql`` of the same 
 from __future__ import annotations
 
 import abc
+import os
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ import apsw
 import tenacity
 
 from . import paths
-from .errors import OrchError, SchemaTooNew, Unavailable
+from .errors import Corrupt, NotFound, OrchError, SchemaTooNew, Unavailable
 
 T = TypeVar("T")
 
@@ -138,8 +140,13 @@ DEFAULT_BUSY_BUDGET_S = 10.0
 
 
 def open_connection(path: Path, *, synchronous: str = "full",
-                    busy_budget_s: float = DEFAULT_BUSY_BUDGET_S) -> apsw.Connection:
-    """Open (creating and migrating if needed) the database: the one place that does.
+                    busy_budget_s: float = DEFAULT_BUSY_BUDGET_S, create: bool = True,
+                    init: bool = False) -> apsw.Connection:
+    """Open (migrating if needed) the database: the one place that does.
+
+    A missing file is made only when ``create`` is set, and appears whole (see
+    ``create_database``). A file without orch's schema, an empty one included (a
+    truncated file looks exactly like that), is refused unless ``init`` is set.
 
     apsw.bestpractice's hooks are not used: they switch to WAL with a 100 ms busy
     timeout before ours is set, which fails when many processes open a new file at once.
@@ -148,30 +155,75 @@ def open_connection(path: Path, *, synchronous: str = "full",
     if synchronous not in ("full", "normal"):
         raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
     path = Path(path)
-    paths.ensure_private_file(path)
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    if not path.exists():
+        if not create:
+            raise NotFound(f"database {path} does not exist (orch init creates it)",
+                           data={"db": str(path)})
+        create_database(path, busy_budget_s)
+    else:
+        paths.make_private(path)
+    # No SQLITE_OPEN_CREATE: a file removed since is not silently made again, empty.
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
     try:
-        # A single attempt waits up to a quarter of the budget; tenacity retries the
-        # whole transaction for the rest.
-        conn.set_busy_timeout(max(1, int(busy_budget_s * 250)))
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA temp_store = MEMORY")  # RETURNING collects rows in a temp table
-        conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
-        conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-        retry_busy(lambda: _prepare(conn, synchronous), busy_budget_s)
+        _configure(conn, busy_budget_s)
+        retry_busy(lambda: _prepare(conn, path, synchronous, init), busy_budget_s)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _prepare(conn: apsw.Connection, synchronous: str) -> None:
+def _configure(conn: apsw.Connection, busy_budget_s: float) -> None:
+    # A single attempt waits up to a quarter of the budget; tenacity retries the
+    # whole transaction for the rest.
+    conn.set_busy_timeout(max(1, int(busy_budget_s * 250)))
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")  # RETURNING collects rows in a temp table
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+
+
+def create_database(path: Path, busy_budget_s: float = DEFAULT_BUSY_BUDGET_S) -> None:
+    """Make a new, migrated database at ``path``, unless another process does first.
+
+    It is built under a temporary name that no one else opens, then linked into place
+    in one step. So a file at ``path`` is always a whole orch database, never a
+    half-made one that a racing process could mistake for a foreign or truncated file.
+    """
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    paths.create_private_file(tmp)
+    try:
+        conn = apsw.Connection(str(tmp), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            _configure(conn, busy_budget_s)
+            _prepare(conn, tmp, "full", init=True)
+        finally:
+            conn.close()  # the last connection: SQLite folds the WAL in and removes it
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare(conn: apsw.Connection, path: Path, synchronous: str, init: bool) -> None:
     version = conn.execute("PRAGMA user_version").fetchall()[0][0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(
             f"database schema version {version} is newer than this orch knows "
             f"({SCHEMA_VERSION}); upgrade orch to open it"
         )
+    if version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()[0][0]
+        if not init or tables:
+            what = ("is empty" if not tables and path.stat().st_size == 0
+                    else "has no orch schema")
+            raise NotFound(f"{path} {what}: it is not an orch database (a truncated file "
+                           "looks like this; restore a backup"
+                           + (", or run orch init to start a new one)" if not tables
+                              else ")"),
+                           data={"db": str(path)})
     mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
     if mode != "wal":
         conn.execute("PRAGMA journal_mode = WAL").fetchall()
@@ -193,10 +245,18 @@ def immediate(conn: apsw.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if not conn.get_autocommit():
-            conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     conn.execute("COMMIT")
+
+
+def rollback(conn: apsw.Connection) -> None:
+    """End the open transaction, if any, without hiding the error that ends it."""
+    if not conn.get_autocommit():
+        try:
+            conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass  # the caller's error says what went wrong; SQLite rolls back regardless
 
 
 def migrate(conn: apsw.Connection) -> None:
@@ -229,14 +289,19 @@ class SQLiteStore(Store):
     """The SQLite backend: one APSW connection, used from one thread."""
 
     def __init__(self, path: Path, *, synchronous: str = "full",
-                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S):
+                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S, create: bool = True,
+                 init: bool = False):
+        """Open ``path``; see ``open_connection`` for ``create`` and ``init``."""
         self.path = Path(path)
         self.busy_budget_s = busy_budget_s
         self._head: tuple[int, str] | None = None
         self._head_version = -1
         try:
             self.conn = open_connection(self.path, synchronous=synchronous,
-                                        busy_budget_s=busy_budget_s)
+                                        busy_budget_s=busy_budget_s, create=create, init=init)
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            raise Corrupt(f"database {self.path} is damaged or not a database ({exc}); "
+                          "run orch doctor, then restore the last backup") from exc
         except apsw.Error as exc:
             raise Unavailable(f"cannot open database {self.path}: {exc}") from exc
 
@@ -280,9 +345,12 @@ class SQLiteStore(Store):
         def attempt() -> T:
             self.conn.execute("BEGIN DEFERRED")
             try:
-                return fn(Tx(self.conn))
-            finally:
-                self.conn.execute("COMMIT")
+                result = fn(Tx(self.conn))
+            except BaseException:
+                rollback(self.conn)  # a read commits nothing, least of all after an error
+                raise
+            self.conn.execute("COMMIT")
+            return result
 
         try:
             return self._guard(attempt)
@@ -292,15 +360,20 @@ class SQLiteStore(Store):
     def _guard(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except OrchError:
+        except (OrchError, apsw.BusyError):
             raise
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            raise Corrupt(f"database {self.path} is damaged ({exc}); run orch doctor, "
+                          "then restore the last backup") from exc
         except (apsw.FullError, apsw.IOError, apsw.CantOpenError, apsw.ReadOnlyError) as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
+        except apsw.Error as exc:
+            raise Unavailable(f"database error: {exc}") from exc
 
     def backup(self, dest: Path) -> None:
         dest = Path(dest)
-        paths.ensure_private_file(dest)
-        target = apsw.Connection(str(dest))
+        paths.create_private_file(dest)
+        target = apsw.Connection(str(dest), flags=apsw.SQLITE_OPEN_READWRITE)
         try:
             with target.backup("main", self.conn, "main") as b:
                 while not b.done:
