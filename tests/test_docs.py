@@ -33,3 +33,21 @@ def test_both_readmes_have_the_same_shape() -> None:
     assert code_blocks(en) == code_blocks(ko)
     assert len(re.findall(r"^#+ ", en, flags=re.MULTILINE)) == len(re.findall(r"^#+ ", ko, flags=re.MULTILINE))
     assert en.count("\n|") == ko.count("\n|")
+
+
+def test_the_socket_example_runs_twice(short_tmp: Path, start_daemon) -> None:
+    """Run as written (HOME pointing at a fresh home whose daemon serves it), twice."""
+    import os
+    import subprocess
+
+    block = next(b for b in code_blocks(READMES[0]) if "startSession" in b)
+    home = short_tmp / "h"
+    start_daemon(db=home / ".openclaw" / "data" / "orchestrator.db",
+                 sock=home / ".openclaw" / "run" / "orch.sock")
+    for _ in range(2):
+        p = subprocess.run(["sh", "-c", block], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "HOME": str(home)}, check=False)
+        assert p.returncode == 0, p.stderr
+        ok, stale = p.stdout.splitlines()
+        assert "'status': 'succeeded'" in ok
+        assert "'code': 1001" in stale and "lease_lost" in stale
