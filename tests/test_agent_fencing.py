@@ -127,7 +127,7 @@ def lease_lost(answer: dict, names: str) -> None:
     assert names in answer["message"], answer
 
 
-# --- 1. releasing a session fences out its running tree ---------------------------------
+# --- releasing a session fences out its running tree ---------------------------------
 
 
 def test_a_released_session_fences_out_its_goals_and_the_new_holder_gets_them_fresh(
@@ -229,7 +229,7 @@ def test_every_release_of_a_session_or_goal_fences_out_its_running_descendants(
     assert orch.doctor()["ok"]
 
 
-# --- 2. goals and tool executions are never handed out by a claim -----------------------
+# --- goals and tool executions are never handed out by a claim -----------------------
 
 
 def test_goals_and_tool_executions_are_claimed_only_through_their_parents_holder(
@@ -276,7 +276,7 @@ def test_goals_and_tool_executions_are_claimed_only_through_their_parents_holder
     generic.close()
 
 
-# --- 3. a child's write checks every ancestor's claim, not only its own -----------------
+# --- a child's write checks every ancestor's claim, not only its own -----------------
 
 
 def test_a_goal_outliving_its_session_is_refused_before_any_recovery(
@@ -362,7 +362,7 @@ def test_a_child_made_under_an_earlier_claim_of_its_parent_is_refused(orch, db_p
     assert last["detail"]["reason"] == "parent_lease_lost"
 
 
-# --- 4. a claim by id of an expired lease follows the recovery rules --------------------
+# --- a claim by id of an expired lease follows the recovery rules --------------------
 
 
 def test_claim_by_id_of_an_expired_unsafe_item_makes_it_unknown_and_runs_nothing(
@@ -439,7 +439,7 @@ def test_claim_by_id_recovery_is_committed_though_the_claim_is_refused(orch):
     assert orch.doctor()["ok"]
 
 
-# --- 7. tokens are compared in constant time --------------------------------------------
+# --- tokens are compared in constant time --------------------------------------------
 
 
 def test_tokens_are_compared_in_constant_time(orch, monkeypatch):
