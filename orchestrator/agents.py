@@ -49,9 +49,10 @@ def _child(tx: Tx, now: int, parent: dict, kind: str, key: str | None, payload: 
            effect: str | None, ttl: int | None) -> dict:
     """The one child of ``parent`` with ``key``: created and claimed, or as it stands.
 
-    An existing child that nobody can be running any more (pending, or a lease that
-    has expired) is claimed for the parent's holder; one whose side effect may have
-    happened is never rerun (recovery makes it ``unknown``).
+    An existing child that nobody can be running any more (pending, a lease that has
+    expired, or one made under an earlier claim of the parent) is recovered, then
+    claimed for the parent's holder if recovery made it pending; one whose side
+    effect may have happened is never rerun (recovery makes it ``unknown``).
     """
     queue = f"{parent['kind']}:{parent['id']}"
     ttl = ttl or parent["lease_ttl_ms"]
@@ -65,6 +66,11 @@ def _child(tx: Tx, now: int, parent: dict, kind: str, key: str | None, payload: 
                 "created": True, "claimed": True}
     if row["status"] == "running" and row["lease_expires_at"] <= now:
         expire(tx, now, row, "lease_expired", [], set())
+        row = get_row(tx, row["id"])
+    elif row["status"] == "running" and row["fence"] < parent["fence"]:
+        # Claimed under an earlier claim of the parent, which ended without fencing it
+        # out (a file written before ending a claim fenced the children).
+        expire(tx, now, row, "parent_lease_lost", [], set())
         row = get_row(tx, row["id"])
     if row["status"] == "pending":
         return {**claim_row(tx, now, row["id"], parent["worker_id"], ttl),

@@ -22,7 +22,7 @@ import click
 from . import __version__, paths
 from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
 from .rules import iso
-from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
+from .validate import CLAIM_KINDS, EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
 
 # --- options every command accepts, before or after its name ---------------------------
 
@@ -232,7 +232,7 @@ def submit(queue, payload, payload_file, priority, key, max_attempts, delay, kin
 @command(cli)
 @click.option("--worker", "worker_id", required=True, help="Who is claiming.")
 @click.option("--queue", "queues", multiple=True, help="Queue(s) to take from (default: default).")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(CLAIM_KINDS),
               help="Kind(s) to take (default: task).")
 @click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
 @click.option("--item", "item_id", type=int, default=None,

@@ -42,7 +42,7 @@ from .errors import (
     rpc_code,
 )
 from .operations import OPERATIONS
-from .store import Rollback, SQLiteStore, retry_busy
+from .store import CommitAndRaise, Rollback, SQLiteStore, retry_busy
 
 MAX_GROUP = 512  # requests committed together at most
 LINE_TIMEOUT_S = 10.0  # a client that stops mid-line is dropped after this
@@ -188,7 +188,11 @@ class GroupCommit:
                     fn, _ = OPERATIONS[op]
                     try:
                         with tx.savepoint():
-                            outcomes.append((True, fn(tx, clock.now_ms(), **kwargs)))
+                            try:
+                                outcome = (True, fn(tx, clock.now_ms(), **kwargs))
+                            except CommitAndRaise as refusal:  # its writes stand
+                                outcome = (False, refusal.error)
+                        outcomes.append(outcome)
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
                     except apsw.BusyError:

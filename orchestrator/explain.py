@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .rules import get_row, iso
+from .rules import PARENT_KIND, get_row, iso, lost_ancestor
 from .store import Tx
 
 
@@ -15,6 +15,16 @@ def _in(ms: int, now: int) -> str:
 
 def _ago(ms: int, now: int) -> str:
     return f"{(now - ms) / 1000:.0f} s ago"
+
+
+#: How an "expired" event's lease ended, by its reason.
+_ENDED = {"parent_lease_lost": "ended with its parent's lease",
+          "parent_taken_over": "ended when its parent was taken over",
+          "parent_released": "ended when its parent was released"}
+
+
+def _ended(detail: dict) -> str:
+    return _ENDED.get(detail.get("reason"), "expired")
 
 
 def _of(row: dict) -> str:
@@ -37,7 +47,7 @@ def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
             text = f"pending: submitted {iso(row['created_at'])}, not claimed yet; {when}"
         elif last and last["type"] == "expired":
             text = (f"pending: the lease of {last['worker_id']} (fence {last['fence']}) "
-                    f"expired at {iso(last['at'])}; retry {row['attempts'] + 1} of "
+                    f"{_ended(detail)} at {iso(last['at'])}; retry {row['attempts'] + 1} of "
                     f"{_of(row)}, {when}")
         elif last and last["type"] == "resolved":
             text = f"pending: resolved for a retry at {iso(last['at'])}; {when}"
@@ -47,7 +57,13 @@ def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
             text = (f"pending: retry {row['attempts'] + 1} of {_of(row)} after failure"
                     f"{error}, {when}")
     elif st == "running":
-        if row["lease_expires_at"] > now:
+        lost = lost_ancestor(tx, row, now) if row["kind"] in PARENT_KIND else None
+        if lost is not None and row["lease_expires_at"] > now:
+            ancestor, why = lost
+            text = (f"running: held by {row['worker_id']}, but the lease of its "
+                    f"{ancestor['kind']} {ancestor['id']} is gone ({why}), so its holder's "
+                    "writes are refused; recovery or the parent's next holder moves it on")
+        elif row["lease_expires_at"] > now:
             text = (f"running: held by {row['worker_id']} (fence {row['fence']}, attempt "
                     f"{row['attempts']}) since {iso(_claimed_at(events, row))}, lease ends "
                     f"{_in(row['lease_expires_at'], now)}")
@@ -65,7 +81,8 @@ def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
                 f"{iso(row['updated_at'])}{error}")
     elif st == "dead":
         if last and last["type"] == "expired":
-            text = (f"dead: the lease of {last['worker_id']} expired at {iso(last['at'])} "
+            text = (f"dead: the lease of {last['worker_id']} {_ended(detail)} at "
+                    f"{iso(last['at'])} "
                     f"and all {row['attempts']} attempts were used{error}")
         else:
             text = f"dead: all {row['attempts']} attempts failed; last error{error or ': none'}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -19,8 +20,8 @@ from typing import Any
 
 from . import events as ev
 from .errors import Conflict, InvalidInput, LeaseLost, NotFound
-from .store import SCHEMA_VERSION, Rollback, Tx
-from .validate import DEFAULT_TTL_MS, STATUSES, dump_json
+from .store import SCHEMA_VERSION, CommitAndRaise, Rollback, Tx
+from .validate import DEFAULT_TTL_MS, STATUSES, claimed_through, dump_json
 
 BACKOFF_BASE_MS = 1_000
 BACKOFF_CAP_MS = 300_000
@@ -34,6 +35,12 @@ JSON_COLUMNS = ("payload", "checkpoint", "result")
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same_token(row: dict, token: str) -> bool:
+    """Whether ``token`` is the row's claim token, compared in constant time."""
+    return row["token_hash"] is not None and hmac.compare_digest(row["token_hash"],
+                                                                 hash_token(token))
 
 
 class _Entropy:
@@ -103,16 +110,48 @@ def get_row(tx: Tx, item_id: int) -> dict:
 
 
 def held(tx: Tx, item_id: int, token: str, now: int) -> dict:
-    """The item, if ``token`` is its live claim; otherwise LEASE_LOST."""
+    """The item, if ``token`` is its live claim (and, for a goal or tool execution,
+    every ancestor still holds the claim it was made under); otherwise LEASE_LOST."""
     row = get_row(tx, item_id)
-    if row["status"] != "running" or row["token_hash"] != hash_token(token):
+    if row["status"] != "running" or not same_token(row, token):
         raise LeaseLost(f"item {item_id}: the token is not its current claim "
                         f"(item is {row['status']})",
                         data={"item_id": item_id, "status": row["status"]})
     if row["lease_expires_at"] <= now:
         raise LeaseLost(f"item {item_id}: the lease expired at {iso(row['lease_expires_at'])}",
                         data={"item_id": item_id, "status": row["status"]})
+    if row["kind"] in PARENT_KIND:
+        lost = lost_ancestor(tx, row, now)
+        if lost is not None:
+            ancestor, why = lost
+            raise LeaseLost(f"item {item_id}: the lease of its {ancestor['kind']} "
+                            f"{ancestor['id']} is gone ({why})",
+                            data={"item_id": item_id, "status": row["status"],
+                                  "ancestor_id": ancestor["id"]})
     return row
+
+
+def lost_ancestor(tx: Tx, row: dict, now: int) -> tuple[dict, str] | None:
+    """The first ancestor of a goal or tool execution whose claim, the one the child's
+    claim was made under, is no longer its live claim, and why; None when all hold.
+
+    A child is claimed only while its parent's claim is live and current, so that
+    claim's fence is below the child's; any later claim of the parent gets a higher
+    fence (fences only grow). So the parent still holds that claim exactly when it is
+    running, its lease has not ended, and its fence is below the child's.
+    """
+    child = row
+    while child["kind"] in PARENT_KIND:
+        parent = get_row(tx, child["parent_id"])
+        if parent["status"] != "running":
+            return parent, f"the {parent['kind']} is {parent['status']}"
+        if parent["lease_expires_at"] <= now:
+            return parent, f"its lease expired at {iso(parent['lease_expires_at'])}"
+        if parent["fence"] > child["fence"]:
+            return parent, (f"the {parent['kind']} was claimed again, fence "
+                            f"{parent['fence']}")
+        child = parent
+    return None
 
 
 def emit(tx: Tx, now: int, row: dict, type_: str, fields: tuple[str, ...] = (),
@@ -268,14 +307,18 @@ def claim_task(tx: Tx, now: int, *, worker_id: str, queues: list[str], ttl: int,
     """
     if item_id is not None:
         row = get_row(tx, item_id)
-        if row["status"] == "running":
-            if row["lease_expires_at"] > now:
-                raise Conflict(
-                    f"item {item_id} is held by {row['worker_id']} until "
-                    f"{iso(row['lease_expires_at'])}",
-                    data={"item_id": item_id, "worker_id": row["worker_id"],
-                          "lease_expires_at": row["lease_expires_at"]})
-            take_over(tx, now, row, worker_id)
+        if row["status"] == "running" and row["lease_expires_at"] <= now:
+            recover_to_claim(tx, now, row, worker_id)  # taken over, or refused
+        elif row["kind"] in PARENT_KIND:
+            raise InvalidInput(f"item_id: item {item_id} is a {row['kind']}; "
+                               f"{claimed_through(row['kind'])}",
+                               data={"field": "item_id"})
+        elif row["status"] == "running":
+            raise Conflict(
+                f"item {item_id} is held by {row['worker_id']} until "
+                f"{iso(row['lease_expires_at'])}",
+                data={"item_id": item_id, "worker_id": row["worker_id"],
+                      "lease_expires_at": row["lease_expires_at"]})
         elif row["status"] != "pending":
             raise Conflict(f"item {item_id} is {row['status']}: only a pending item or an "
                            "expired lease can be claimed",
@@ -305,7 +348,7 @@ def claim_row(tx: Tx, now: int, item_id: int, worker_id: str, ttl: int,
     new = dict(row, status="running", attempts=row["attempts"] + 1, worker_id=worker_id,
                fence=fence, token_hash=token_hash, lease_ttl_ms=ttl,
                lease_expires_at=now + ttl, heartbeat_at=now, updated_at=now,
-               cancel_requested=row["cancel_requested"] if row["status"] == "running" else 0)
+               cancel_requested=0)
     tx.run("claim_item", new)
     return claimed(tx, now, new, token)
 
@@ -320,16 +363,41 @@ def claimed(tx: Tx, now: int, row: dict, token: str) -> dict:
     return claim
 
 
+def recover_to_claim(tx: Tx, now: int, row: dict, worker_id: str) -> None:
+    """Before a claim by id of an expired lease that recovery has not reached yet:
+    what recovery would do. A task or session that recovery would send back to
+    pending is taken over; anything else (unsafe, cancel requested, out of attempts,
+    a goal or tool execution) is recovered, committed, and the claim refused."""
+    status, _ = after_lost_lease(row, now)
+    if status == "pending" and row["kind"] not in PARENT_KIND:
+        take_over(tx, now, row, worker_id)
+        return
+    expire(tx, now, row, "lease_expired", [], set())
+    why = (claimed_through(row["kind"]) if status == "pending" else
+           {"unknown": "its effect is unsafe, so it is not run again; resolve it with "
+                       "orch resolve",
+            "cancelled": "a cancel was requested",
+            "dead": "it has no attempts left"}[status])
+    raise CommitAndRaise(Conflict(
+        f"item {row['id']}: the lease of {row['worker_id']} expired at "
+        f"{iso(row['lease_expires_at'])}; recovered, it is now {status} ({why})",
+        data={"item_id": row["id"], "status": status}))
+
+
 def take_over(tx: Tx, now: int, row: dict, worker_id: str) -> None:
     """Fence out the holder of an expired lease that recovery has not reached yet."""
     emit(tx, now, row, "taken_over", by=worker_id, previous_worker=row["worker_id"],
          previous_fence=row["fence"])
     if row["kind"] in HOLDER_KINDS:
-        done: list[dict] = []
-        seen = {row["id"]}
-        for child in tx.all("running_children", {"id": row["id"]}):
-            if child["id"] not in seen:
-                expire(tx, now, child, "parent_taken_over", done, seen, "parent_taken_over")
+        fence_children(tx, now, row, "parent_taken_over", [], {row["id"]})
+
+
+def fence_children(tx: Tx, now: int, row: dict, reason: str, done: list[dict],
+                   seen: set[int]) -> None:
+    """Fence out the running descendants of a session or goal whose claim has ended."""
+    for child in tx.all("running_children", {"id": row["id"]}):
+        if child["id"] not in seen:
+            expire(tx, now, child, reason, done, seen, reason)
 
 
 # --- heartbeat ------------------------------------------------------------------------
@@ -393,6 +461,8 @@ def release_task(tx: Tx, now: int, *, item_id: int, token: str, outcome: str,
         status = "dead"
     new = settle(tx, now, row, status, run_after=run_after, result=result, error=error)
     emit(tx, now, new, "released", ev.SETTLED, outcome=outcome)
+    if row["kind"] in HOLDER_KINDS:
+        fence_children(tx, now, row, "parent_released", [], {row["id"]})
     return public(new)
 
 
@@ -416,6 +486,9 @@ def release_and_claim(tx: Tx, now: int, *, item_id: int, token: str, outcome: st
 def next_claim(released: dict, *, worker_id: str | None, queues: list[str] | None,
                kinds: list[str] | None, ttl: int | None, wait: int = 0, **_: Any) -> dict:
     """The ``claim_task`` parameters of a ``release_and_claim`` (its defaults filled in)."""
+    if not kinds and released["kind"] in PARENT_KIND:
+        raise InvalidInput(f"kinds: give the next claim's kinds: "
+                           f"{claimed_through(released['kind'])}", data={"field": "kinds"})
     return {"worker_id": worker_id or released["worker_id"],
             "queues": queues or [released["queue"]], "kinds": kinds or [released["kind"]],
             "ttl": ttl or released["lease_ttl_ms"], "item_id": None, "wait": wait}
@@ -445,9 +518,7 @@ def expire(tx: Tx, now: int, row: dict, reason: str, done: list[dict], seen: set
                  "worker_id": row["worker_id"], "fence": row["fence"], "status": status,
                  "run_after": new["run_after"], "reason": reason})
     if row["kind"] in HOLDER_KINDS:
-        for child in tx.all("running_children", {"id": row["id"]}):
-            if child["id"] not in seen:
-                expire(tx, now, child, child_reason, done, seen, child_reason)
+        fence_children(tx, now, row, child_reason, done, seen)
 
 
 def expire_many(tx: Tx, now: int, rows: list[dict], done: list[dict]) -> None:
@@ -563,8 +634,9 @@ def list_events(tx: Tx, now: int, *, item_id: int | None, since: int, limit: int
 
 def verify(tx: Tx, now: int, *, item_id: int, token: str) -> dict:
     row = get_row(tx, item_id)
-    valid = (row["status"] == "running" and row["token_hash"] == hash_token(token)
-             and row["lease_expires_at"] > now)
+    valid = (row["status"] == "running" and same_token(row, token)
+             and row["lease_expires_at"] > now
+             and (row["kind"] not in PARENT_KIND or lost_ancestor(tx, row, now) is None))
     return {"valid": valid, "fence": row["fence"], "status": row["status"]}
 
 

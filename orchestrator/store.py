@@ -68,6 +68,18 @@ class Rollback(Exception):
         self.result = result
 
 
+class CommitAndRaise(Exception):
+    """Raised by an operation to commit what it wrote, then fail with ``error``.
+
+    For a refusal whose cause must still be recorded: claiming by id an expired item
+    that recovery makes ``unknown`` commits that recovery and refuses the claim.
+    """
+
+    def __init__(self, error: OrchError):
+        super().__init__(str(error))
+        self.error = error
+
+
 class Tx:
     """One transaction's access to the named queries."""
 
@@ -330,7 +342,11 @@ class SQLiteStore(Store):
         def attempt() -> T:
             try:
                 with self.transaction() as tx:
-                    return fn(tx)
+                    try:
+                        return fn(tx)
+                    except CommitAndRaise as refusal:
+                        error = refusal.error
+                raise error  # committed
             except Rollback as rb:
                 return rb.result
 

@@ -28,6 +28,9 @@ MAX_TOOL_BYTES = 128
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 KINDS = ("task", "session", "goal", "tool_execution")
+#: What a claim may hand out: goals and tool executions are claimed only for their
+#: parent's holder, when it creates (or takes back) them under its own lease.
+CLAIM_KINDS = ("task", "session")
 EFFECTS = ("idempotent", "unsafe")
 STATUSES = ("pending", "running", "succeeded", "failed", "dead", "cancelled", "unknown")
 OUTCOMES = ("succeeded", "failed", "cancelled", "requeue")
@@ -209,6 +212,20 @@ def choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
     return check
 
 
+def claimed_through(kind: str) -> str:
+    """Why a claim never hands out a goal or a tool execution, and what claims one."""
+    parent, how = {"goal": ("session", "create_goal (orch goal add)"),
+                   "tool_execution": ("goal", "execute_tool_idempotent (orch tool exec)")}[kind]
+    return f"a {kind} is claimed only for its {parent}'s holder, by {how} with its key"
+
+
+def claim_kind(field: str, v: Any) -> str:
+    if v in KINDS and v not in CLAIM_KINDS:
+        raise InvalidInput(f"{field}: {claimed_through(v)}, never by a claim",
+                           data={"field": field})
+    return choice(CLAIM_KINDS)(field, v)
+
+
 def list_of(inner: Callable[[str, Any], Any], max_len: int = 64) -> Callable[[str, Any], list]:
     def check(field: str, v: Any) -> list:
         if isinstance(v, str):
@@ -258,7 +275,7 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "worker_id": (worker, REQUIRED),
         "queues": (list_of(queue), ["default"]),
         "ttl": (ttl, DEFAULT_TTL_MS),
-        "kinds": (list_of(choice(KINDS)), ["task"]),
+        "kinds": (list_of(claim_kind), ["task"]),
         "item_id": (optional(item_id), None),
         "wait": (delay, 0),
     },
@@ -274,7 +291,7 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         # the next claim: by default like the released one (see rules.next_claim)
         "worker_id": (optional(worker), None),
         "queues": (optional(list_of(queue)), None),
-        "kinds": (optional(list_of(choice(KINDS))), None),
+        "kinds": (optional(list_of(claim_kind)), None),
         "ttl": (optional(ttl), None),
         "wait": (delay, 0),
     },

@@ -37,7 +37,8 @@ LIMIT 1;
 SELECT max(fence) AS fence FROM items;
 
 -- name: claim_item
--- The caller gives the new row (rules.claim_row); a takeover keeps a cancel request.
+-- The caller gives the new row (rules.claim_row). An expired lease with a cancel
+-- request is never taken over (recovery makes it cancelled), so a claim clears it.
 UPDATE items
 SET status = 'running', attempts = :attempts, worker_id = :worker_id, fence = :fence,
     token_hash = :token_hash, lease_ttl_ms = :lease_ttl_ms,

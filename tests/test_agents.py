@@ -543,17 +543,21 @@ def test_cascade_from_a_goal_alone(orch, clock):
                    e1["id"]: ("unknown", "parent_lease_lost"),
                    e2["id"]: ("pending", "parent_lease_lost")}
     assert orch.verify(s["id"], s["token"])["valid"]  # the session goes on
-    # Taking over an expired goal (claim by id) cascades too.
+    # A claim by id of the expired goal, before any recovery pass, recovers it (and so
+    # cascades) but does not take it: a goal is claimed only for its session's holder.
     g2 = orch.create_goal(s["id"], s["token"], key="g")
     assert g2["id"] == g["id"] and g2["claimed"]
     e3 = orch.execute_tool_idempotent(g["id"], g2["token"], "send", {}, key="e3", ttl=300)
     orch.heartbeat(g["id"], g2["token"], ttl=1)
     clock.tick(2)
-    taken = orch.claim_task("other", ttl=30, item_id=g["id"])
-    assert taken["fence"] > g2["fence"]
+    with pytest.raises(Conflict, match="now pending"):
+        orch.claim_task("other", ttl=30, item_id=g["id"])
+    assert orch.get_task(g["id"])["status"] == "pending"
+    taken = orch.create_goal(s["id"], s["token"], key="g")
+    assert taken["id"] == g["id"] and taken["fence"] > g2["fence"]
     ev = [e for e in events_of(orch, e3["id"]) if e["type"] == "expired"]
     assert len(ev) == 1
-    assert ev[0]["detail"]["reason"] == "parent_taken_over"
+    assert ev[0]["detail"]["reason"] == "parent_lease_lost"
     assert ev[0]["detail"]["status"] == "unknown"
     assert orch.get_task(e3["id"])["status"] == "unknown"
 
