@@ -116,6 +116,15 @@ CLI_CASES = {
                             ["ttl", "86400"]),
     "heartbeat-worker-ttl-negative": (["heartbeat", "--worker", "w1", "--ttl=-1"], 2,
                                       ["ttl", "86400"]),
+    # tokens: exactly one way, or none given
+    "release-no-token": (["release", "{R}", "--outcome", "succeeded"], 2,
+                         ["no token", "--token-file FILE|-", "ORCH_TOKEN"]),
+    "release-token-and-file": (["release", "{R}", "--token", "{T}", "--token-file",
+                                "/dev/null", "--outcome", "succeeded"], 2, ["not both"]),
+    "checkpoint-token-file-empty": (["checkpoint", "{R}", "--token-file", "/dev/null",
+                                     "--data", "1"], 2, ["/dev/null", "no token"]),
+    "verify-token-file-missing": (["verify", "{R}", "--token-file", "/nonexistent/t"], 2,
+                                  ["--token-file", "/nonexistent/t"]),
     # wrong types at the edge
     "priority-word": (["submit", "--priority", "high"], 2, ["priority"]),
     "item-id-word": (["show", "abc"], 2, ["ITEM_ID"]),

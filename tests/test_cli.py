@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import apsw
 import click
 import pytest
-from conftest import CliResult
+from conftest import ROOT, CliResult, db_rows
 from freezegun import freeze_time
 
 from orchestrator import Orchestrator
@@ -280,6 +285,93 @@ def test_checkpoint_and_verify(cli, clock):
     r = cli("verify", str(a), "--token", c["token"], "--json")
     assert r.code == 4 and r.json["valid"] is False
     one_error_line(cli("verify", "999", "--token", "x"), 5)
+
+
+# --- tokens kept off the command line ----------------------------------------------------------
+
+
+def test_token_from_the_environment_a_file_or_stdin(cli, orch, db_path, tmp_path, monkeypatch):
+    orch.submit_task(1)
+    c = orch.claim_task("w1", ttl=30)
+    iid = str(c["id"])
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text(f"  {c['token']}  \nnot this line\n")  # the first line, stripped
+    bad.write_text("stale\n")
+    monkeypatch.setenv("ORCH_TOKEN", c["token"])
+    ok(cli("heartbeat", iid))
+    ok(cli("checkpoint", iid, "--data", '{"n": 1}'))
+    ok(cli("verify", iid))
+    # --token, then --token-file, then ORCH_TOKEN
+    one_error_line(cli("heartbeat", iid, "--token", "stale"), 4)
+    one_error_line(cli("checkpoint", iid, "--token-file", str(bad), "--data", "2"), 4)
+    monkeypatch.setenv("ORCH_TOKEN", "stale")
+    one_error_line(cli("heartbeat", iid), 4)
+    ok(cli("heartbeat", iid, "--token", c["token"]))
+    ok(cli("checkpoint", iid, "--token-file", str(good), "--data", '{"n": 2}'))
+    one_error_line(cli("heartbeat", iid, "--token", c["token"], "--token-file", str(good)), 2)
+    monkeypatch.delenv("ORCH_TOKEN")
+    err = one_error_line(cli("release", iid, "--outcome", "succeeded"), 2)
+    assert "--token T, --token-file FILE|- or the environment variable ORCH_TOKEN" in err
+    assert orch.get_task(c["id"])["checkpoint"] == {"n": 2}
+    assert orch.get_task(c["id"])["status"] == "running"
+
+
+def test_token_from_stdin_and_the_environment_in_a_real_process(orch_cli, orch):
+    orch.submit_task(1)
+    c = orch.claim_task("w1", ttl=30)
+    iid = str(c["id"])
+    p = orch_cli("heartbeat", iid, "--token-file", "-", input=c["token"] + "\n")
+    assert p.returncode == 0 and p.stdout.startswith(f"item {iid}: lease until"), p
+    p = orch_cli("checkpoint", iid, "--data", "3", env={"ORCH_TOKEN": c["token"]})
+    assert p.returncode == 0, p
+    p = orch_cli("release", iid, "--outcome", "succeeded", "--token-file", "-",
+                 input=c["token"] + "\n")
+    assert p.returncode == 0 and p.stdout.strip() == f"item {iid}: succeeded", p
+    assert orch.get_task(c["id"])["checkpoint"] == 3
+
+
+WRAPPER = """#!/bin/sh
+# orch, recording each command line as ps shows it, and every claim it hands out
+printf '%s\\n' "$*" >> "$LOG_DIR/argv"
+if [ "$1" = claim ]; then
+  out=$("$PYTHON" -m orchestrator "$@"); rc=$?
+  [ -n "$out" ] && printf '%s\\n' "$out" | tee -a "$LOG_DIR/claims"
+  exit $rc
+fi
+exec "$PYTHON" -m orchestrator "$@"
+"""
+
+
+def test_worker_sh_runs_and_keeps_tokens_off_the_command_line(orch, db_path, tmp_path):
+    good = orch.submit_task("good", queue="sh")["id"]
+    bad = orch.submit_task("bad", queue="sh", max_attempts=1)["id"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "orch").write_text(WRAPPER)
+    (bin_dir / "orch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ORCH_DB": str(db_path),
+           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "LOG_DIR": str(tmp_path)}
+    worker = subprocess.Popen(["sh", str(ROOT / "scripts" / "worker.sh"), "sh",
+                               "sh", "-c", "grep -q good"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def statuses() -> list:
+            return db_rows(db_path, "SELECT status FROM items WHERE id IN (?, ?) ORDER BY id",
+                           (good, bad))
+        deadline = time.monotonic() + 30
+        while statuses() != [("succeeded",), ("dead",)] and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stderr.read()
+            time.sleep(0.1)
+        assert statuses() == [("succeeded",), ("dead",)]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)  # it waits for more work: stop it
+        worker.wait(10)
+        worker.stderr.close()
+    tokens = [json.loads(line)["token"] for line in (tmp_path / "claims").read_text().splitlines()]
+    assert len(tokens) == 2
+    argv = (tmp_path / "argv").read_text()
+    assert argv.count("release ") == 2
+    assert "--token" not in argv and not any(t in argv for t in tokens)
 
 
 # --- recover, cancel, resolve -------------------------------------------------------------------
