@@ -292,31 +292,75 @@ def claim(worker_id, queues, kinds, ttl, item_id, wait) -> int:
 @command(cli)
 @click.argument("item_id", type=int, required=False)
 @token_options("The claim's token")
-@click.option("--worker", "worker_id", default=None, help="Extend all of this worker's leases.")
-@click.option("--ttl", type=float, default=None, help="New lease length from now, seconds.")
-def heartbeat(item_id, token, token_file, worker_id, ttl) -> int:
-    """Extend a lease (ID --token T), or every lease of a worker (--worker W).
+@click.option("--lease", "lease_args", multiple=True, metavar="ID=TOKEN",
+              help="A lease to extend; repeat it to extend several in one call (for "
+                   "scripts holding many leases). The token is shown by ps: ID=@FILE "
+                   "reads it from FILE's first line instead.")
+@click.option("--ttl", type=float, default=None,
+              help="Each lease ends this many seconds from now (default: its claim's ttl).")
+@click.option("--worker", "worker_id", default=None, hidden=True)
+def heartbeat(item_id, token, token_file, lease_args, ttl, worker_id) -> int:
+    """Extend a lease (ID with its token), or several (--lease ID=TOKEN ...).
+
+    With several leases each is extended or refused on its own; exit 4 if any was
+    refused (the others are extended all the same).
 
     \b
     Example:
       ORCH_TOKEN="$token" orch heartbeat 42 --ttl 60
+      orch heartbeat --lease 42=@tok42 --lease 43=@tok43
     """
-    if (item_id is None) == (worker_id is None):
-        raise click.UsageError("give ID with its token, or --worker W")
-    if item_id is not None:
-        token = the_token(token, token_file)
-    r = settings().backend().heartbeat(item_id, token, ttl=ttl, worker_id=worker_id)
-
-    def text(r: dict) -> str:
-        if "items" not in r:
-            cancel = "; cancel requested" if r["cancel_requested"] else ""
-            return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
-        lines = [f"worker {r['worker_id']}: {len(r['items'])} lease(s) extended"]
-        lines += [f"  item {x['id']}: until {until(x['lease_expires_at'])}"
-                  + ("; cancel requested" if x["cancel_requested"] else "") for x in r["items"]]
-        return "\n".join(lines)
-    out(r, text)
+    if worker_id is not None:
+        raise click.UsageError(
+            "--worker: no longer accepted: a heartbeat by worker name would keep a dead "
+            "process's leases alive for a new one reusing its name; give ID with its "
+            "token, or --lease ID=TOKEN for each lease")
+    if lease_args:
+        if item_id is not None or token is not None or token_file is not None:
+            raise click.UsageError("give ID with its token, or --lease ID=TOKEN, not both")
+        return heartbeat_many([lease_arg(i, a) for i, a in enumerate(lease_args)], ttl)
+    if item_id is None:
+        raise click.UsageError(f"give ID with its token ({TOKEN_SOURCES}), "
+                               "or --lease ID=TOKEN")
+    r = settings().backend().heartbeat(item_id, the_token(token, token_file), ttl=ttl)
+    out(r, lease_line)
     return 0
+
+
+def lease_line(r: dict) -> str:
+    if "error" in r:
+        return f"item {r['id']}: refused: {r['error']['message']}"
+    cancel = "; cancel requested" if r["cancel_requested"] else ""
+    return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
+
+
+def lease_arg(i: int, arg: str) -> dict:
+    """``ID=TOKEN`` or ``ID=@FILE``; errors never repeat the argument (it holds a token)."""
+    iid, sep, tok = arg.partition("=")
+    try:
+        item_id = int(iid)
+    except ValueError:
+        item_id = None
+    if not sep or item_id is None or not tok:
+        raise click.UsageError(f"--lease #{i + 1}: expected ID=TOKEN or ID=@FILE")
+    if tok.startswith("@"):  # orch's tokens are URL-safe base64: none starts with @
+        try:
+            with click.open_file(tok[1:], "r") as f:
+                tok = first_line(f, f"--lease {item_id}=@{tok[1:]}")
+        except OSError as exc:
+            raise click.UsageError(f"--lease {item_id}=@{tok[1:]}: {exc.strerror}") from None
+    return {"item_id": item_id, "token": tok}
+
+
+def heartbeat_many(leases: list[dict], ttl: float | None) -> int:
+    r = settings().backend().heartbeat(leases=leases, ttl=ttl)
+    out(r, lambda r: "\n".join(lease_line(x) for x in r["leases"]))
+    refused = [x["id"] for x in r["leases"] if "error" in x]
+    if not refused:
+        return 0
+    return fail(f"{len(refused)} of {len(leases)} lease(s) refused: "
+                f"item{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))}",
+                exit_code(LeaseLost()))
 
 
 @command(cli)

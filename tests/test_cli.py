@@ -192,32 +192,63 @@ def test_claim_item_takes_over_expired_lease(cli, clock):
 # --- heartbeat, release, checkpoint, verify -----------------------------------------------
 
 
-def test_heartbeat_item_and_worker(cli, clock):
+def test_heartbeat_one_lease_and_several(cli, clock):
     a = submit(cli)
     b = submit(cli)
+    c = submit(cli)
     ca = claim(cli, "--ttl", "10")
-    claim(cli, "--ttl", "20")
-    clock.tick(3)
+    cb = claim(cli, "--ttl", "20")
+    cc = claim(cli, "--ttl", "1")
+    clock.tick(3)  # c's lease has ended
     r = cli("heartbeat", str(a), "--token", ca["token"])
     ok(r)
     assert r.out.startswith(f"item {a}: lease until ")
     r = cli("heartbeat", str(a), "--token", ca["token"], "--ttl", "4", "--json")
     ok(r)
-    assert r.json.items() >= {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 7000,
-                              "cancel_requested": False}.items()
-    r = cli("heartbeat", "--worker", "w1")
+    assert r.json == {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 7000,
+                      "cancel_requested": False}
+    # several: without --ttl each lease gets its claim's ttl again
+    r = cli("heartbeat", "--lease", f"{a}={ca['token']}", "--lease", f"{b}={cb['token']}",
+            "--json")
     ok(r)
-    assert r.out.splitlines()[0] == "worker w1: 2 lease(s) extended"
-    r = cli("heartbeat", "--worker", "w1", "--ttl", "100", "--json")
-    ok(r)
-    assert r.json["worker_id"] == "w1"
-    assert {x["id"]: x["lease_expires_at"] for x in r.json["items"]} == {
-        a: T0_MS + 103_000, b: T0_MS + 103_000}
-    # exactly one of ID or --worker, and a token with an ID
+    assert r.json == {"leases": [
+        {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 13_000,
+         "cancel_requested": False},
+        {"id": b, "fence": cb["fence"], "lease_expires_at": T0_MS + 23_000,
+         "cancel_requested": False}]}
+    # one expired among them: refused alone, the others extended, exit 4
+    r = cli("heartbeat", "--lease", f"{a}={ca['token']}", "--lease", f"{c}={cc['token']}",
+            "--lease", f"{b}={cb['token']}", "--ttl", "100")
+    assert r.code == 4, r
+    lines = r.out.splitlines()
+    assert lines[0].startswith(f"item {a}: lease until ")
+    assert lines[1].startswith(f"item {c}: refused: item {c}: the lease expired at ")
+    assert lines[2].startswith(f"item {b}: lease until ")
+    assert r.err == f"orch: error: 1 of 3 lease(s) refused: item {c}\n"
+    leases = {i["id"]: i["lease_expires_at"] for i in cli("ls", "--json").json}
+    assert leases == {a: T0_MS + 103_000, b: T0_MS + 103_000, c: T0_MS + 1000}
+    # the token is never echoed in an error about a --lease argument
+    for bad in ("nope", f"{a}", f"{a}=", f"x={ca['token']}"):
+        err = one_error_line(cli("heartbeat", "--lease", bad), 2)
+        assert "#1: expected ID=TOKEN or ID=@FILE" in err and ca["token"] not in err
+
+
+def test_heartbeat_usage_errors(cli):
+    a = submit(cli)
+    ca = claim(cli)
     one_error_line(cli("heartbeat"), 2)
-    one_error_line(cli("heartbeat", str(a)), 2)
-    one_error_line(cli("heartbeat", str(a), "--token", ca["token"], "--worker", "w1"), 2)
+    err = one_error_line(cli("heartbeat", str(a)), 2)
+    assert "--token T, --token-file FILE|- or the environment variable ORCH_TOKEN" in err
+    one_error_line(cli("heartbeat", str(a), "--lease", f"{a}={ca['token']}"), 2)
+    one_error_line(cli("heartbeat", "--token", ca["token"], "--lease", f"{a}={ca['token']}"), 2)
+    one_error_line(cli("heartbeat", "--lease", f"{a}={ca['token']}",
+                       "--lease", f"{a}={ca['token']}"), 2)  # one item twice
+    one_error_line(cli("heartbeat", "--lease", f"0={ca['token']}"), 2)
     one_error_line(cli("heartbeat", str(a), "--token", "nope"), 4)
+    one_error_line(cli("heartbeat", "987", "--token", "nope"), 5)
+    # by worker name: refused, saying why
+    err = one_error_line(cli("heartbeat", "--worker", "w1"), 2)
+    assert "no longer accepted" in err and "reusing its name" in err
 
 
 def test_heartbeat_shows_cancel_requested(cli):
@@ -288,6 +319,36 @@ def test_checkpoint_and_verify(cli, clock):
 
 
 # --- tokens kept off the command line ----------------------------------------------------------
+
+
+def lease_rows(db: Path) -> dict[int, tuple]:
+    return {r[0]: r for r in db_rows(db, "SELECT * FROM items ORDER BY id")}
+
+
+def test_heartbeat_several_leases_one_stale_exits_4(orch_cli, orch, db_path, tmp_path):
+    ids = [orch.submit_task(i)["id"] for i in range(3)]
+    a, b, old = (orch.claim_task("w1", ttl=30) for _ in ids)
+    orch.release_task(old["id"], old["token"], "requeue")
+    new = orch.claim_task("w2", ttl=30, item_id=old["id"])  # old's token is stale now
+    (tmp_path / "b.token").write_text(b["token"] + "\n")
+    before = lease_rows(db_path)
+    p = orch_cli("heartbeat", "--lease", f"{a['id']}={a['token']}",
+                 "--lease", f"{old['id']}={old['token']}",
+                 "--lease", f"{b['id']}=@{tmp_path / 'b.token'}", "--ttl", "100")
+    assert p.returncode == 4, p
+    assert [line.split(":")[0] for line in p.stdout.splitlines()] == \
+        [f"item {i}" for i in (a["id"], old["id"], b["id"])]
+    assert "refused" in p.stdout.splitlines()[1]
+    assert p.stderr == f"orch: error: 1 of 3 lease(s) refused: item {old['id']}\n"
+    assert lease_rows(db_path)[old["id"]] == before[old["id"]]  # the stale one: unchanged
+    expires = dict(db_rows(db_path, "SELECT id, lease_expires_at FROM items"))
+    for c in (a, b):  # the live ones: 100 s from now, which their claim's 30 s never gave
+        assert expires[c["id"]] > c["lease_expires_at"] + 60_000
+    assert [t for (t,) in db_rows(db_path, "SELECT type FROM event_log WHERE item_id = ? "
+                                           "ORDER BY seq", (old["id"],))][-1] == "claimed"
+    assert orch.verify(old["id"], new["token"])["valid"]
+    p = orch_cli("heartbeat", "--lease", f"{a['id']}={a['token']}", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["leases"][0]["id"] == a["id"]
 
 
 def test_token_from_the_environment_a_file_or_stdin(cli, orch, db_path, tmp_path, monkeypatch):
