@@ -60,8 +60,17 @@ class Operations(abc.ABC):
         return self._call("claim_task", _given(locals()))
 
     def heartbeat(self, item_id: int | None = None, token: str | None = None, *,
-                  ttl: float | None = None, worker_id: str | None = None) -> dict:
-        """Extend one lease (item and token) or every live lease of ``worker_id``."""
+                  ttl: float | None = None, leases: list[dict] | None = None) -> dict:
+        """Extend one lease (``item_id`` and ``token``), or several in one transaction.
+
+        One lease: returns ``{id, fence, lease_expires_at, cancel_requested}``, or
+        raises (``LeaseLost`` for a stale or expired token). Several,
+        ``leases=[{"item_id": …, "token": …}, …]`` (at most 1000, each item once):
+        returns ``{"leases": [...]}`` in the order given, each entry either as above or
+        ``{id, error: {code, reason, message}}``; a refused lease changes nothing and
+        does not undo the others. ``ttl``: each lease ends that many seconds from now
+        (default: the ttl of its claim).
+        """
         return self._call("heartbeat", _given(locals()))
 
     def release_task(self, item_id: int, token: str, outcome: str, *, result: Any = None,

@@ -163,6 +163,45 @@ def json_arg(field: str, text: str | None) -> Any:
     return None if text is None else parse_json_text(field, text)
 
 
+# --- tokens: on the command line, in a file, or in ORCH_TOKEN -----------------------------
+# A command line is readable by every user of the machine (ps, /proc/PID/cmdline); a
+# file of mode 0600 and the environment (/proc/PID/environ is the owner's) are not.
+
+TOKEN_SOURCES = "--token T, --token-file FILE|- or the environment variable ORCH_TOKEN"
+
+
+def token_options(what: str) -> Callable:
+    """--token and --token-file; ``the_token`` picks the one given, else ORCH_TOKEN."""
+    def wrap(fn: Callable) -> Callable:
+        fn = click.option("--token-file", type=click.File("r"), default=None, metavar="FILE",
+                          help="Read the token from the first line of FILE (- for stdin).")(fn)
+        return click.option("--token", default=None,
+                            help=f"{what}. Shown by ps to every user: prefer "
+                                 "--token-file or the variable ORCH_TOKEN.")(fn)
+    return wrap
+
+
+def the_token(token: str | None, token_file: Any) -> str:
+    """--token, else --token-file's first line, else ORCH_TOKEN; giving both is an error."""
+    if token is not None and token_file is not None:
+        raise click.UsageError("give --token or --token-file, not both")
+    if token is not None:
+        return token
+    if token_file is not None:
+        return first_line(token_file, f"--token-file {token_file.name}")
+    env = os.environ.get("ORCH_TOKEN", "").strip()
+    if env:
+        return env
+    raise click.UsageError(f"no token: give {TOKEN_SOURCES}")
+
+
+def first_line(f: Any, where: str) -> str:
+    line = f.readline().strip()
+    if not line:
+        raise click.UsageError(f"{where}: no token on its first line")
+    return line
+
+
 # --- the commands -------------------------------------------------------------------------
 
 
@@ -256,52 +295,96 @@ def claim(worker_id, queues, kinds, ttl, item_id, wait) -> int:
 
 @command(cli)
 @click.argument("item_id", type=int, required=False)
-@click.option("--token", default=None, help="The claim's token.")
-@click.option("--worker", "worker_id", default=None, help="Extend all of this worker's leases.")
-@click.option("--ttl", type=float, default=None, help="New lease length from now, seconds.")
-def heartbeat(item_id, token, worker_id, ttl) -> int:
-    """Extend a lease (ID --token T), or every lease of a worker (--worker W).
+@token_options("The claim's token")
+@click.option("--lease", "lease_args", multiple=True, metavar="ID=TOKEN",
+              help="A lease to extend; repeat it to extend several in one call (for "
+                   "scripts holding many leases). The token is shown by ps: ID=@FILE "
+                   "reads it from FILE's first line instead.")
+@click.option("--ttl", type=float, default=None,
+              help="Each lease ends this many seconds from now (default: its claim's ttl).")
+@click.option("--worker", "worker_id", default=None, hidden=True)
+def heartbeat(item_id, token, token_file, lease_args, ttl, worker_id) -> int:
+    """Extend a lease (ID with its token), or several (--lease ID=TOKEN ...).
+
+    With several leases each is extended or refused on its own; exit 4 if any was
+    refused (the others are extended all the same).
 
     \b
     Example:
-      orch heartbeat 42 --token "$token" --ttl 60
+      ORCH_TOKEN="$token" orch heartbeat 42 --ttl 60
+      orch heartbeat --lease 42=@tok42 --lease 43=@tok43
     """
-    if (item_id is None) == (worker_id is None):
-        raise click.UsageError("give ID --token T, or --worker W")
-    if item_id is not None and token is None:
-        raise click.UsageError("--token is required with an item ID")
-    r = settings().backend().heartbeat(item_id, token, ttl=ttl, worker_id=worker_id)
-
-    def text(r: dict) -> str:
-        if "items" not in r:
-            cancel = "; cancel requested" if r["cancel_requested"] else ""
-            return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
-        lines = [f"worker {r['worker_id']}: {len(r['items'])} lease(s) extended"]
-        lines += [f"  item {x['id']}: until {until(x['lease_expires_at'])}"
-                  + ("; cancel requested" if x["cancel_requested"] else "") for x in r["items"]]
-        return "\n".join(lines)
-    out(r, text)
+    if worker_id is not None:
+        raise click.UsageError(
+            "--worker: no longer accepted: a heartbeat by worker name would keep a dead "
+            "process's leases alive for a new one reusing its name; give ID with its "
+            "token, or --lease ID=TOKEN for each lease")
+    if lease_args:
+        if item_id is not None or token is not None or token_file is not None:
+            raise click.UsageError("give ID with its token, or --lease ID=TOKEN, not both")
+        return heartbeat_many([lease_arg(i, a) for i, a in enumerate(lease_args)], ttl)
+    if item_id is None:
+        raise click.UsageError(f"give ID with its token ({TOKEN_SOURCES}), "
+                               "or --lease ID=TOKEN")
+    r = settings().backend().heartbeat(item_id, the_token(token, token_file), ttl=ttl)
+    out(r, lease_line)
     return 0
+
+
+def lease_line(r: dict) -> str:
+    if "error" in r:
+        return f"item {r['id']}: refused: {r['error']['message']}"
+    cancel = "; cancel requested" if r["cancel_requested"] else ""
+    return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
+
+
+def lease_arg(i: int, arg: str) -> dict:
+    """``ID=TOKEN`` or ``ID=@FILE``; errors never repeat the argument (it holds a token)."""
+    iid, sep, tok = arg.partition("=")
+    try:
+        item_id = int(iid)
+    except ValueError:
+        item_id = None
+    if not sep or item_id is None or not tok:
+        raise click.UsageError(f"--lease #{i + 1}: expected ID=TOKEN or ID=@FILE")
+    if tok.startswith("@"):  # orch's tokens are URL-safe base64: none starts with @
+        try:
+            with click.open_file(tok[1:], "r") as f:
+                tok = first_line(f, f"--lease {item_id}=@{tok[1:]}")
+        except OSError as exc:
+            raise click.UsageError(f"--lease {item_id}=@{tok[1:]}: {exc.strerror}") from None
+    return {"item_id": item_id, "token": tok}
+
+
+def heartbeat_many(leases: list[dict], ttl: float | None) -> int:
+    r = settings().backend().heartbeat(leases=leases, ttl=ttl)
+    out(r, lambda r: "\n".join(lease_line(x) for x in r["leases"]))
+    refused = [x["id"] for x in r["leases"] if "error" in x]
+    if not refused:
+        return 0
+    return fail(f"{len(refused)} of {len(leases)} lease(s) refused: "
+                f"item{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))}",
+                exit_code(LeaseLost()))
 
 
 @command(cli)
 @click.argument("item_id", type=int)
-@click.option("--token", required=True, help="The claim's token.")
+@token_options("The claim's token")
 @click.option("--outcome", required=True, type=click.Choice(OUTCOMES))
 @click.option("--result", default=None, help="What the work produced, as JSON.")
 @click.option("--error", default=None, help="What went wrong.")
 @click.option("--retry-in", type=float, default=None, help="Seconds before a retry.")
 @click.option("--no-retry", is_flag=True, default=False, help="A failure is final.")
-def release(item_id, token, outcome, result, error, retry_in, no_retry) -> int:
+def release(item_id, token, token_file, outcome, result, error, retry_in, no_retry) -> int:
     """End a claim with an outcome.
 
     \b
     Example:
-      orch release 42 --token "$token" --outcome succeeded --result '{"pages": 3}'
+      ORCH_TOKEN="$token" orch release 42 --outcome succeeded --result '{"pages": 3}'
     """
     item = settings().backend().release_task(
-        item_id, token, outcome, result=json_arg("result", result), error=error,
-        retry_in=retry_in, no_retry=no_retry or None)
+        item_id, the_token(token, token_file), outcome, result=json_arg("result", result),
+        error=error, retry_in=retry_in, no_retry=no_retry or None)
 
     def text(i: dict) -> str:
         s = f"item {i['id']}: {i['status']}"
@@ -350,16 +433,17 @@ def cancel(item_id) -> int:
 
 @command(cli, "checkpoint")
 @click.argument("item_id", type=int)
-@click.option("--token", required=True, help="The claim's token.")
+@token_options("The claim's token")
 @click.option("--data", required=True, help="Progress, as JSON.")
-def checkpoint_cmd(item_id, token, data) -> int:
+def checkpoint_cmd(item_id, token, token_file, data) -> int:
     """Store progress for the next holder.
 
     \b
     Example:
-      orch checkpoint 42 --token "$token" --data '{"page": 7}'
+      orch checkpoint 42 --token-file ~/.run/42.token --data '{"page": 7}'
     """
-    r = settings().backend().checkpoint(item_id, token, json_arg("data", data))
+    r = settings().backend().checkpoint(item_id, the_token(token, token_file),
+                                        json_arg("data", data))
     out(r, lambda r: f"item {r['id']}: checkpoint saved")
     return 0
 
@@ -381,15 +465,15 @@ def resolve(item_id, outcome) -> int:
 
 @command(cli)
 @click.argument("item_id", type=int)
-@click.option("--token", required=True, help="The token to check.")
-def verify(item_id, token) -> int:
+@token_options("The token to check")
+def verify(item_id, token, token_file) -> int:
     """Is this token the item's live claim? (exit 4 when not)
 
     \b
     Example:
       orch verify 42 --token "$token" && do-the-side-effect
     """
-    r = settings().backend(create=False).verify(item_id, token)
+    r = settings().backend(create=False).verify(item_id, the_token(token, token_file))
     out(r, lambda r: f"{'valid' if r['valid'] else 'not valid'}: item {item_id} is "
         f"{r['status']}, fence {r['fence']}")
     return 0 if r["valid"] else exit_code(LeaseLost())
@@ -587,18 +671,18 @@ def goal() -> None:
 
 @command(goal, "add")
 @click.option("--session", "session_id", type=int, required=True)
-@click.option("--token", required=True, help="The session's token.")
+@token_options("The session's token")
 @click.option("--payload", default=None, help="The goal, as JSON.")
 @click.option("--key", default=None, help="Idempotency key within the session.")
 @click.option("--ttl", type=float, default=None, help="Lease length (default: the session's).")
-def goal_add(session_id, token, payload, key, ttl) -> int:
+def goal_add(session_id, token, token_file, payload, key, ttl) -> int:
     """Create a goal under a session and claim it for the session's holder.
 
     \b
     Example:
       orch goal add --session 12 --token "$session_token" --key fetch-docs
     """
-    emit_json(settings().backend().create_goal(session_id, token,
+    emit_json(settings().backend().create_goal(session_id, the_token(token, token_file),
                                                payload=json_arg("payload", payload),
                                                key=key, ttl=ttl))
     return 0
@@ -611,7 +695,7 @@ def tool() -> None:
 
 @command(tool, "exec")
 @click.option("--goal", "goal_id", type=int, required=True)
-@click.option("--token", required=True, help="The goal's token.")
+@token_options("The goal's token")
 @click.option("--tool", "tool_name", required=True, help="The tool's name.")
 @click.option("--input", "input_", default=None, help="The tool's input, as JSON.")
 @click.option("--key", default=None,
@@ -621,7 +705,7 @@ def tool() -> None:
 @click.option("--ttl", type=float, default=None)
 @click.option("--wait", type=float, default=None,
               help="If another holder runs it, wait this many seconds for its outcome.")
-def tool_exec(goal_id, token, tool_name, input_, key, effect, ttl, wait) -> int:
+def tool_exec(goal_id, token, token_file, tool_name, input_, key, effect, ttl, wait) -> int:
     """Get the one execution of a tool call: claimed for you (with a token) if it is
     yours to run, else as it stands with its status and result.
 
@@ -630,8 +714,8 @@ def tool_exec(goal_id, token, tool_name, input_, key, effect, ttl, wait) -> int:
       orch tool exec --goal 13 --token "$goal_token" --tool send_email --input '{"to": "a@b"}'
     """
     emit_json(settings().backend().execute_tool_idempotent(
-        goal_id, token, tool_name, json_arg("input", input_), key=key, effect=effect,
-        ttl=ttl, wait=wait))
+        goal_id, the_token(token, token_file), tool_name, json_arg("input", input_), key=key,
+        effect=effect, ttl=ttl, wait=wait))
     return 0
 
 

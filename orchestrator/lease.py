@@ -10,16 +10,32 @@ On a normal exit the item is released ``succeeded`` (with ``lease.result``); on 
 exception it is released ``failed`` with the error, and the exception goes on. When a
 heartbeat is rejected the holder fences itself: heartbeats stop, ``lost`` is set, and
 the next ``check()`` (or checkpoint, or the release at exit) raises ``LeaseLost``.
+
+A rejected heartbeat is not the only sign: a process that was stopped (SIGSTOP, a
+swapped-out VM, a long GC pause) may run again after its lease ended, before any
+heartbeat could fail. So the holder also keeps a deadline on the monotonic clock: the
+moment the last successful heartbeat (or the claim) was sent, plus the lease's ttl,
+minus a margin (``margin_s``: a tenth of the ttl, at least 50 ms) for the step that
+follows a passing ``check()`` and for the rates of the clocks. Past it, ``check()``
+fences the holder as a rejected heartbeat would. Checkpoints and the release are
+judged by the engine, which checks the lease itself.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Self
 
 from loguru import logger
 
+from .clock import now_ms
 from .errors import LeaseLost, OrchError
+
+
+def margin_s(ttl_s: float) -> float:
+    """How long before the lease's computed end the holder stops trusting it."""
+    return max(0.1 * ttl_s, 0.05)
 
 
 class Lease:
@@ -32,6 +48,10 @@ class Lease:
         self.ttl_s = claim["lease_ttl_ms"] / 1000
         self.every = heartbeat_every or self.ttl_s / 3
         self.expires_at_ms: int = claim["lease_expires_at"]
+        # The claim was sent before now, at a moment not known here: count from what
+        # is left of its lease by the wall clock the engine stamped it with.
+        left_s = min((self.expires_at_ms - now_ms()) / 1000, self.ttl_s)
+        self.deadline = time.monotonic() + left_s - margin_s(self.ttl_s)
         self.lost = threading.Event()
         self.cancel_requested = bool(claim.get("cancel_requested"))
         self.result: Any = None
@@ -42,16 +62,25 @@ class Lease:
     # -- the holder's side --
 
     def check(self) -> None:
-        """Raise LeaseLost if the lease is gone; call it between steps."""
+        """Raise LeaseLost if the lease is gone, or may be; call it before each step."""
+        if not self.lost.is_set() and time.monotonic() >= self.deadline:
+            self.lost.set()  # for good: a step begun now may run outside the lease
+            logger.bind(item=self.item_id, fence=self.fence).warning(
+                "no heartbeat confirmed the lease in time: the holder fences itself")
+        self._fenced()
+
+    def _fenced(self) -> None:
+        # Before orch's own writes only the flag counts: the engine checks the token
+        # and the lease itself, so a late but valid write is not thrown away.
         if self.lost.is_set():
             raise LeaseLost(f"item {self.item_id}: the lease (fence {self.fence}) was lost")
 
     def heartbeat(self) -> dict:
-        self.check()
+        self._fenced()
         return self._beat(self.api)
 
     def checkpoint(self, data: Any) -> dict:
-        self.check()
+        self._fenced()
         try:
             return self.api.checkpoint(self.item_id, self.token, data)
         except LeaseLost:
@@ -60,7 +89,7 @@ class Lease:
 
     def release(self, outcome: str, **kw: Any) -> dict:
         self._stop_beating()
-        self.check()
+        self._fenced()
         try:
             return self.api.release_task(self.item_id, self.token, outcome, **kw)
         except LeaseLost:
@@ -70,20 +99,22 @@ class Lease:
     # -- the background heartbeat --
 
     def _beat(self, api) -> dict:
+        sent = time.monotonic()  # before sending: the lease is extended from later on
         try:
             r = api.heartbeat(self.item_id, self.token)
         except LeaseLost:
             self.lost.set()
             raise
+        # Without a ttl a heartbeat extends by the claim's ttl; max(): a late answer
+        # to an earlier heartbeat must not move the deadline back.
+        self.deadline = max(self.deadline, sent + self.ttl_s - margin_s(self.ttl_s))
         self.expires_at_ms = r["lease_expires_at"]
         self.cancel_requested = self.cancel_requested or r["cancel_requested"]
         return r
 
     def _run(self) -> None:
-        from .clock import now_ms
-
         api = self._beats
-        while not self._stop.wait(self.every):
+        while not self._stop.wait(self.every) and not self.lost.is_set():
             try:
                 self._beat(api)
             except LeaseLost:
@@ -92,7 +123,7 @@ class Lease:
                 return
             except OrchError as exc:  # the daemon restarting, the file busy: try again
                 logger.bind(item=self.item_id).warning("heartbeat failed: {}", exc)
-                if now_ms() >= self.expires_at_ms:
+                if time.monotonic() >= self.deadline:
                     self.lost.set()
                     return
 

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import events as ev
-from .errors import Conflict, InvalidInput, LeaseLost, NotFound
+from .errors import Conflict, InvalidInput, LeaseLost, NotFound, rpc_code
 from .store import SCHEMA_VERSION, CommitAndRaise, Rollback, Tx
-from .validate import DEFAULT_TTL_MS, STATUSES, claimed_through, dump_json
+from .validate import STATUSES, claimed_through, dump_json
 
 BACKOFF_BASE_MS = 1_000
 BACKOFF_CAP_MS = 300_000
@@ -404,24 +404,39 @@ def fence_children(tx: Tx, now: int, row: dict, reason: str, done: list[dict],
 
 
 def heartbeat(tx: Tx, now: int, *, item_id: int | None, token: str | None,
-              ttl: int | None, worker_id: str | None) -> dict:
-    if item_id is not None:
-        if token is None or worker_id is not None:
-            raise InvalidInput("heartbeat: give item_id with token, or worker_id alone",
-                               data={"field": "token" if token is None else "worker_id"})
-        row = held(tx, item_id, token, now)
-        new = extend(tx, now, row, ttl)
-        register_worker(tx, now, new["worker_id"], new["lease_expires_at"])
-        return lease_view(new)
-    if worker_id is None or token is not None:
-        raise InvalidInput("heartbeat: give item_id with token, or worker_id alone",
-                           data={"field": "item_id"})
-    leases = [lease_view(extend(tx, now, row, ttl))
-              for row in tx.all("live_leases_of_worker", {"worker_id": worker_id, "now": now})]
-    expires = max((x["lease_expires_at"] for x in leases),
-                  default=now + (ttl or DEFAULT_TTL_MS))
-    register_worker(tx, now, worker_id, expires)
-    return {"worker_id": worker_id, "lease_expires_at": expires, "items": leases}
+              ttl: int | None, leases: list[dict] | None) -> dict:
+    """Extend one lease (``item_id`` and ``token``) or several (``leases``).
+
+    Several: each lease is extended or refused on its own, in a savepoint of its own,
+    and the answer lists each in the order given.
+    """
+    if leases is not None:
+        if item_id is not None or token is not None:
+            raise InvalidInput("heartbeat: give item_id with token, or leases, not both",
+                               data={"field": "leases"})
+        return {"leases": [beat_one(tx, now, lease["item_id"], lease["token"], ttl)
+                           for lease in leases]}
+    if item_id is None or token is None:
+        raise InvalidInput("heartbeat: give item_id with token, or leases=[{item_id, token}]",
+                           data={"field": "token" if item_id is not None else "item_id"})
+    return beat(tx, now, item_id, token, ttl)
+
+
+def beat(tx: Tx, now: int, item_id: int, token: str, ttl: int | None) -> dict:
+    row = held(tx, item_id, token, now)
+    new = extend(tx, now, row, ttl)
+    register_worker(tx, now, new["worker_id"], new["lease_expires_at"])
+    return lease_view(new)
+
+
+def beat_one(tx: Tx, now: int, item_id: int, token: str, ttl: int | None) -> dict:
+    """``beat``, or the reason it was refused; a refusal undoes only its own lease."""
+    try:
+        with tx.savepoint():
+            return beat(tx, now, item_id, token, ttl)
+    except (LeaseLost, NotFound) as exc:
+        return {"id": item_id, "error": {"code": rpc_code(exc), "reason": exc.reason,
+                                         "message": str(exc)}}
 
 
 def extend(tx: Tx, now: int, row: dict, ttl: int | None) -> dict:

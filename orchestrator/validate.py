@@ -239,6 +239,38 @@ def list_of(inner: Callable[[str, Any], Any], max_len: int = 64) -> Callable[[st
     return check
 
 
+#: Leases one heartbeat may extend: a worker with more makes several calls. The
+#: bound keeps one call's transaction (and its answer) short for everyone else.
+MAX_HEARTBEAT_LEASES = 1000
+
+
+def leases(field: str, v: Any) -> list[dict]:
+    """``[{item_id, token}, ...]``: each item once, in the order given."""
+    if not isinstance(v, list | tuple):
+        raise _type_error(field, "a list of {item_id, token} objects", v)
+    if not 1 <= len(v) <= MAX_HEARTBEAT_LEASES:
+        raise LimitExceeded(f"{field}: give 1 to {MAX_HEARTBEAT_LEASES} leases",
+                            data={"field": field, "limit": MAX_HEARTBEAT_LEASES})
+    out: list[dict] = []
+    seen: set[int] = set()
+    for i, lease in enumerate(v):
+        at = f"{field}[{i}]"
+        if not isinstance(lease, dict):
+            raise _type_error(at, "an object {item_id, token}", lease)
+        if set(lease) != {"item_id", "token"}:
+            extra = sorted(set(lease) - {"item_id", "token"}, key=str)
+            raise InvalidInput(f"{at}: expected exactly item_id and token"
+                               + (f", not {extra[0]}" if extra else ""), data={"field": at})
+        iid = item_id(f"{at}.item_id", lease["item_id"])
+        if iid in seen:
+            # Which of two tokens for one item counts would be a guess: refuse it.
+            raise InvalidInput(f"{at}.item_id: item {iid} is given twice",
+                               data={"field": f"{at}.item_id"})
+        seen.add(iid)
+        out.append({"item_id": iid, "token": token(f"{at}.token", lease["token"])})
+    return out
+
+
 def optional(inner: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     def check(field: str, v: Any) -> Any:
         return None if v is None else inner(field, v)
@@ -283,7 +315,7 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "item_id": (optional(item_id), None),
         "token": (optional(token), None),
         "ttl": (optional(ttl), None),
-        "worker_id": (optional(worker), None),
+        "leases": (optional(leases), None),
     },
     "release_task": RELEASE,
     "release_and_claim": {
@@ -355,6 +387,15 @@ PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
 
 MAX_BATCH = 10_000
 
+#: Parameters an operation no longer takes, and why: a caller still sending one learns
+#: what to do instead rather than reading "unknown parameter".
+RETIRED = {
+    ("heartbeat", "worker_id"): (
+        "worker_id: no longer accepted: a heartbeat by worker name would keep the leases "
+        "of a dead process alive for a new one reusing its name; present each lease as "
+        "item_id and token (leases=[{item_id, token}, ...] for several)"),
+}
+
 
 def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` for operation ``op``; return them normalised, defaults filled."""
@@ -372,6 +413,8 @@ def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
     out = dict(_DEFAULTS[op])
     for name, v in params.items():
         entry = spec.get(name)
+        if entry is None and (op, name) in RETIRED:
+            raise InvalidInput(RETIRED[op, name], data={"field": name})
         if entry is None:
             raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
         if v is not None:

@@ -60,11 +60,6 @@ UPDATE items SET lease_expires_at = :expires, heartbeat_at = :now, updated_at = 
 WHERE id = :id
 RETURNING *;
 
--- name: live_leases_of_worker
-SELECT * FROM items INDEXED BY items_lease
-WHERE status = 'running' AND worker_id = +:worker_id AND lease_expires_at > +:now
-ORDER BY id;
-
 -- name: settle
 -- Any move out of a lease (release, recovery, cancel, resolve): the lease is dropped,
 -- worker_id and fence stay to name the last holder. The caller gives the new row

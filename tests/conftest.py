@@ -34,6 +34,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENCLAW_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ORCH_DB", raising=False)
     monkeypatch.delenv("ORCH_SOCKET", raising=False)
+    monkeypatch.delenv("ORCH_TOKEN", raising=False)
 
 
 def snapshot(db: Path) -> dict:

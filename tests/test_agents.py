@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import racer_answer, racers, racers_finish, racers_ready, release_barrier
+from conftest import db_rows, racer_answer, racers, racers_finish, racers_ready, release_barrier
 from freezegun import freeze_time
 
 from orchestrator import Conflict, InvalidInput, LeaseLost, Orchestrator
@@ -653,6 +653,39 @@ def test_lease_rejected_heartbeat_after_takeover_by_claim(apis):
         pytest.fail("check() did not raise after the lease was lost")
     assert_not_released(outside, c, taken)
     assert "checkpoint" not in types_of(outside, c["id"])
+
+
+def test_lease_check_raises_after_a_pause_longer_than_the_ttl(db_path, tmp_path):
+    """A holder stopped (SIGSTOP) past its lease's end runs again: its next check()
+    raises before any heartbeat was refused. Its heartbeat is not due (a long interval
+    stands for any late heartbeat: a busy daemon, a locked file), so only check()'s
+    own deadline can tell."""
+    with open(tmp_path / "holder.err", "w") as err:
+        p = subprocess.Popen([sys.executable, str(HELPERS / "paused_holder.py"),
+                              str(db_path), "1", "3600"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        item_id = int(p.stdout.readline())
+        assert p.stdout.readline().strip() == "ready", (tmp_path / "holder.err").read_text()
+        p.stdin.write("check\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "ok"
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5)  # the 1 s lease ends meanwhile
+            p.stdin.write("check\n")  # waiting for it the moment it runs again
+            p.stdin.flush()
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        assert p.stdout.readline().strip() == "lost"
+        [(ends,)] = db_rows(db_path, "SELECT lease_expires_at FROM items WHERE id = ?",
+                            (item_id,))
+        assert ends < now_ms()  # it had really ended: "ok" would have been a lie
+    finally:
+        p.stdin.close()
+        if p.wait(10) != 0:
+            pytest.fail((tmp_path / "holder.err").read_text())
+        p.stdout.close()
 
 
 def test_lease_exception_releases_failed_and_reraises(apis):

@@ -48,7 +48,8 @@ class World:
         self.fence = c["fence"]
 
     def fmt(self, args: list[str]) -> list[str]:
-        subs = {"{P}": self.pending, "{R}": self.running, "{S}": self.done, "{T}": self.token}
+        subs = {"{P}": self.pending, "{R}": self.running, "{S}": self.done, "{T}": self.token,
+                "{R}={T}": f"{self.running}={self.token}"}
         return [str(subs[a]) if a in subs else a for a in args]
 
 
@@ -114,8 +115,19 @@ CLI_CASES = {
                         ["ttl", "86400"]),
     "heartbeat-ttl-86401": (["heartbeat", "{R}", "--token", "{T}", "--ttl", "86401"], 2,
                             ["ttl", "86400"]),
-    "heartbeat-worker-ttl-negative": (["heartbeat", "--worker", "w1", "--ttl=-1"], 2,
+    "heartbeat-leases-ttl-negative": (["heartbeat", "--lease", "{R}={T}", "--ttl=-1"], 2,
                                       ["ttl", "86400"]),
+    # tokens: exactly one way, or none given
+    "release-no-token": (["release", "{R}", "--outcome", "succeeded"], 2,
+                         ["no token", "--token-file FILE|-", "ORCH_TOKEN"]),
+    "release-token-and-file": (["release", "{R}", "--token", "{T}", "--token-file",
+                                "/dev/null", "--outcome", "succeeded"], 2, ["not both"]),
+    "checkpoint-token-file-empty": (["checkpoint", "{R}", "--token-file", "/dev/null",
+                                     "--data", "1"], 2, ["/dev/null", "no token"]),
+    "verify-token-file-missing": (["verify", "{R}", "--token-file", "/nonexistent/t"], 2,
+                                  ["--token-file", "/nonexistent/t"]),
+    "heartbeat-lease-file-missing": (["heartbeat", "--lease", "1=@/nonexistent/t"], 2,
+                                     ["/nonexistent/t", "No such file"]),
     # wrong types at the edge
     "priority-word": (["submit", "--priority", "high"], 2, ["priority"]),
     "item-id-word": (["show", "abc"], 2, ["ITEM_ID"]),
@@ -246,8 +258,12 @@ API_CASES = {
                         "ttl", 86400),
     "heartbeat-ttl-86401": (lambda o, w: o.heartbeat(w.running, w.token, ttl=86401),
                             LimitExceeded, "ttl", 86400),
-    "heartbeat-worker-ttl-negative": (lambda o, w: o.heartbeat(worker_id="w1", ttl=-3),
-                                      LimitExceeded, "ttl", 86400),
+    "heartbeat-leases-ttl-negative": (
+        lambda o, w: o.heartbeat(leases=[{"item_id": w.running, "token": w.token}], ttl=-3),
+        LimitExceeded, "ttl", 86400),
+    "heartbeat-leases-1001": (
+        lambda o, w: o.heartbeat(leases=[{"item_id": i, "token": "t"} for i in range(1, 1002)]),
+        LimitExceeded, "leases", 1000),
     # wrong types
     "priority-str": (lambda o, w: o.submit_task(priority="high"), InvalidInput, "priority",
                      None),

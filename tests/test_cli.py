@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import apsw
 import click
 import pytest
-from conftest import CliResult
+from conftest import ROOT, CliResult, db_rows
 from freezegun import freeze_time
 
 from orchestrator import Orchestrator
@@ -187,32 +192,63 @@ def test_claim_item_takes_over_expired_lease(cli, clock):
 # --- heartbeat, release, checkpoint, verify -----------------------------------------------
 
 
-def test_heartbeat_item_and_worker(cli, clock):
+def test_heartbeat_one_lease_and_several(cli, clock):
     a = submit(cli)
     b = submit(cli)
+    c = submit(cli)
     ca = claim(cli, "--ttl", "10")
-    claim(cli, "--ttl", "20")
-    clock.tick(3)
+    cb = claim(cli, "--ttl", "20")
+    cc = claim(cli, "--ttl", "1")
+    clock.tick(3)  # c's lease has ended
     r = cli("heartbeat", str(a), "--token", ca["token"])
     ok(r)
     assert r.out.startswith(f"item {a}: lease until ")
     r = cli("heartbeat", str(a), "--token", ca["token"], "--ttl", "4", "--json")
     ok(r)
-    assert r.json.items() >= {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 7000,
-                              "cancel_requested": False}.items()
-    r = cli("heartbeat", "--worker", "w1")
+    assert r.json == {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 7000,
+                      "cancel_requested": False}
+    # several: without --ttl each lease gets its claim's ttl again
+    r = cli("heartbeat", "--lease", f"{a}={ca['token']}", "--lease", f"{b}={cb['token']}",
+            "--json")
     ok(r)
-    assert r.out.splitlines()[0] == "worker w1: 2 lease(s) extended"
-    r = cli("heartbeat", "--worker", "w1", "--ttl", "100", "--json")
-    ok(r)
-    assert r.json["worker_id"] == "w1"
-    assert {x["id"]: x["lease_expires_at"] for x in r.json["items"]} == {
-        a: T0_MS + 103_000, b: T0_MS + 103_000}
-    # exactly one of ID or --worker, and a token with an ID
+    assert r.json == {"leases": [
+        {"id": a, "fence": ca["fence"], "lease_expires_at": T0_MS + 13_000,
+         "cancel_requested": False},
+        {"id": b, "fence": cb["fence"], "lease_expires_at": T0_MS + 23_000,
+         "cancel_requested": False}]}
+    # one expired among them: refused alone, the others extended, exit 4
+    r = cli("heartbeat", "--lease", f"{a}={ca['token']}", "--lease", f"{c}={cc['token']}",
+            "--lease", f"{b}={cb['token']}", "--ttl", "100")
+    assert r.code == 4, r
+    lines = r.out.splitlines()
+    assert lines[0].startswith(f"item {a}: lease until ")
+    assert lines[1].startswith(f"item {c}: refused: item {c}: the lease expired at ")
+    assert lines[2].startswith(f"item {b}: lease until ")
+    assert r.err == f"orch: error: 1 of 3 lease(s) refused: item {c}\n"
+    leases = {i["id"]: i["lease_expires_at"] for i in cli("ls", "--json").json}
+    assert leases == {a: T0_MS + 103_000, b: T0_MS + 103_000, c: T0_MS + 1000}
+    # the token is never echoed in an error about a --lease argument
+    for bad in ("nope", f"{a}", f"{a}=", f"x={ca['token']}"):
+        err = one_error_line(cli("heartbeat", "--lease", bad), 2)
+        assert "#1: expected ID=TOKEN or ID=@FILE" in err and ca["token"] not in err
+
+
+def test_heartbeat_usage_errors(cli):
+    a = submit(cli)
+    ca = claim(cli)
     one_error_line(cli("heartbeat"), 2)
-    one_error_line(cli("heartbeat", str(a)), 2)
-    one_error_line(cli("heartbeat", str(a), "--token", ca["token"], "--worker", "w1"), 2)
+    err = one_error_line(cli("heartbeat", str(a)), 2)
+    assert "--token T, --token-file FILE|- or the environment variable ORCH_TOKEN" in err
+    one_error_line(cli("heartbeat", str(a), "--lease", f"{a}={ca['token']}"), 2)
+    one_error_line(cli("heartbeat", "--token", ca["token"], "--lease", f"{a}={ca['token']}"), 2)
+    one_error_line(cli("heartbeat", "--lease", f"{a}={ca['token']}",
+                       "--lease", f"{a}={ca['token']}"), 2)  # one item twice
+    one_error_line(cli("heartbeat", "--lease", f"0={ca['token']}"), 2)
     one_error_line(cli("heartbeat", str(a), "--token", "nope"), 4)
+    one_error_line(cli("heartbeat", "987", "--token", "nope"), 5)
+    # by worker name: refused, saying why
+    err = one_error_line(cli("heartbeat", "--worker", "w1"), 2)
+    assert "no longer accepted" in err and "reusing its name" in err
 
 
 def test_heartbeat_shows_cancel_requested(cli):
@@ -280,6 +316,123 @@ def test_checkpoint_and_verify(cli, clock):
     r = cli("verify", str(a), "--token", c["token"], "--json")
     assert r.code == 4 and r.json["valid"] is False
     one_error_line(cli("verify", "999", "--token", "x"), 5)
+
+
+# --- tokens kept off the command line ----------------------------------------------------------
+
+
+def lease_rows(db: Path) -> dict[int, tuple]:
+    return {r[0]: r for r in db_rows(db, "SELECT * FROM items ORDER BY id")}
+
+
+def test_heartbeat_several_leases_one_stale_exits_4(orch_cli, orch, db_path, tmp_path):
+    ids = [orch.submit_task(i)["id"] for i in range(3)]
+    a, b, old = (orch.claim_task("w1", ttl=30) for _ in ids)
+    orch.release_task(old["id"], old["token"], "requeue")
+    new = orch.claim_task("w2", ttl=30, item_id=old["id"])  # old's token is stale now
+    (tmp_path / "b.token").write_text(b["token"] + "\n")
+    before = lease_rows(db_path)
+    p = orch_cli("heartbeat", "--lease", f"{a['id']}={a['token']}",
+                 "--lease", f"{old['id']}={old['token']}",
+                 "--lease", f"{b['id']}=@{tmp_path / 'b.token'}", "--ttl", "100")
+    assert p.returncode == 4, p
+    assert [line.split(":")[0] for line in p.stdout.splitlines()] == \
+        [f"item {i}" for i in (a["id"], old["id"], b["id"])]
+    assert "refused" in p.stdout.splitlines()[1]
+    assert p.stderr == f"orch: error: 1 of 3 lease(s) refused: item {old['id']}\n"
+    assert lease_rows(db_path)[old["id"]] == before[old["id"]]  # the stale one: unchanged
+    expires = dict(db_rows(db_path, "SELECT id, lease_expires_at FROM items"))
+    for c in (a, b):  # the live ones: 100 s from now, which their claim's 30 s never gave
+        assert expires[c["id"]] > c["lease_expires_at"] + 60_000
+    assert [t for (t,) in db_rows(db_path, "SELECT type FROM event_log WHERE item_id = ? "
+                                           "ORDER BY seq", (old["id"],))][-1] == "claimed"
+    assert orch.verify(old["id"], new["token"])["valid"]
+    p = orch_cli("heartbeat", "--lease", f"{a['id']}={a['token']}", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["leases"][0]["id"] == a["id"]
+
+
+def test_token_from_the_environment_a_file_or_stdin(cli, orch, db_path, tmp_path, monkeypatch):
+    orch.submit_task(1)
+    c = orch.claim_task("w1", ttl=30)
+    iid = str(c["id"])
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text(f"  {c['token']}  \nnot this line\n")  # the first line, stripped
+    bad.write_text("stale\n")
+    monkeypatch.setenv("ORCH_TOKEN", c["token"])
+    ok(cli("heartbeat", iid))
+    ok(cli("checkpoint", iid, "--data", '{"n": 1}'))
+    ok(cli("verify", iid))
+    # --token, then --token-file, then ORCH_TOKEN
+    one_error_line(cli("heartbeat", iid, "--token", "stale"), 4)
+    one_error_line(cli("checkpoint", iid, "--token-file", str(bad), "--data", "2"), 4)
+    monkeypatch.setenv("ORCH_TOKEN", "stale")
+    one_error_line(cli("heartbeat", iid), 4)
+    ok(cli("heartbeat", iid, "--token", c["token"]))
+    ok(cli("checkpoint", iid, "--token-file", str(good), "--data", '{"n": 2}'))
+    one_error_line(cli("heartbeat", iid, "--token", c["token"], "--token-file", str(good)), 2)
+    monkeypatch.delenv("ORCH_TOKEN")
+    err = one_error_line(cli("release", iid, "--outcome", "succeeded"), 2)
+    assert "--token T, --token-file FILE|- or the environment variable ORCH_TOKEN" in err
+    assert orch.get_task(c["id"])["checkpoint"] == {"n": 2}
+    assert orch.get_task(c["id"])["status"] == "running"
+
+
+def test_token_from_stdin_and_the_environment_in_a_real_process(orch_cli, orch):
+    orch.submit_task(1)
+    c = orch.claim_task("w1", ttl=30)
+    iid = str(c["id"])
+    p = orch_cli("heartbeat", iid, "--token-file", "-", input=c["token"] + "\n")
+    assert p.returncode == 0 and p.stdout.startswith(f"item {iid}: lease until"), p
+    p = orch_cli("checkpoint", iid, "--data", "3", env={"ORCH_TOKEN": c["token"]})
+    assert p.returncode == 0, p
+    p = orch_cli("release", iid, "--outcome", "succeeded", "--token-file", "-",
+                 input=c["token"] + "\n")
+    assert p.returncode == 0 and p.stdout.strip() == f"item {iid}: succeeded", p
+    assert orch.get_task(c["id"])["checkpoint"] == 3
+
+
+WRAPPER = """#!/bin/sh
+# orch, recording each command line as ps shows it, and every claim it hands out
+printf '%s\\n' "$*" >> "$LOG_DIR/argv"
+if [ "$1" = claim ]; then
+  out=$("$PYTHON" -m orchestrator "$@"); rc=$?
+  [ -n "$out" ] && printf '%s\\n' "$out" | tee -a "$LOG_DIR/claims"
+  exit $rc
+fi
+exec "$PYTHON" -m orchestrator "$@"
+"""
+
+
+def test_worker_sh_runs_and_keeps_tokens_off_the_command_line(orch, db_path, tmp_path):
+    good = orch.submit_task("good", queue="sh")["id"]
+    bad = orch.submit_task("bad", queue="sh", max_attempts=1)["id"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "orch").write_text(WRAPPER)
+    (bin_dir / "orch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ORCH_DB": str(db_path),
+           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "LOG_DIR": str(tmp_path)}
+    worker = subprocess.Popen(["sh", str(ROOT / "scripts" / "worker.sh"), "sh",
+                               "sh", "-c", "grep -q good"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def statuses() -> list:
+            return db_rows(db_path, "SELECT status FROM items WHERE id IN (?, ?) ORDER BY id",
+                           (good, bad))
+        deadline = time.monotonic() + 30
+        while statuses() != [("succeeded",), ("dead",)] and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stderr.read()
+            time.sleep(0.1)
+        assert statuses() == [("succeeded",), ("dead",)]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)  # it waits for more work: stop it
+        worker.wait(10)
+        worker.stderr.close()
+    tokens = [json.loads(line)["token"] for line in (tmp_path / "claims").read_text().splitlines()]
+    assert len(tokens) == 2
+    argv = (tmp_path / "argv").read_text()
+    assert argv.count("release ") == 2
+    assert "--token" not in argv and not any(t in argv for t in tokens)
 
 
 # --- recover, cancel, resolve -------------------------------------------------------------------

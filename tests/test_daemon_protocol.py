@@ -154,13 +154,44 @@ def test_heartbeat(raw):
     assert hb["id"] == c["id"] and hb["fence"] == c["fence"]
     assert hb["cancel_requested"] is False
     assert hb["lease_expires_at"] > c["lease_expires_at"] + 50_000
-    w = raw.result("heartbeat", {"worker_id": "w-hb"})
-    assert [x["id"] for x in w["items"]] == [c["id"]]
     e = raw.error("heartbeat", {"item_id": c["id"], "token": "not-the-token"})
     assert_error(e, LEASE_LOST, "lease_lost")
     assert e["data"]["item_id"] == c["id"]
     assert_error(raw.error("heartbeat", {}), INVALID_PARAMS)
     assert_error(raw.error("heartbeat", {"item_id": c["id"]}), INVALID_PARAMS)
+
+
+def test_heartbeat_of_several_leases(raw, daemon):
+    a = claimed(raw, "hb-a", ttl=5)
+    b = claimed(raw, "hb-b", ttl=5)
+    stale = claimed(raw, "hb-s", ttl=0.2)
+    row_of = "SELECT * FROM items WHERE id = ?"
+    # stale's lease ends and the daemon's recovery fences it out: its row stays as is
+    assert wait_until(lambda: db_rows(daemon.db, "SELECT status FROM items WHERE id = ?",
+                                      (stale["id"],)) == [("pending",)], 10)
+    stale_row = db_rows(daemon.db, row_of, (stale["id"],))
+    r = raw.result("heartbeat", {"leases": [
+        {"item_id": a["id"], "token": a["token"]},
+        {"item_id": stale["id"], "token": stale["token"]},
+        {"item_id": b["id"], "token": b["token"]}], "ttl": 60})
+    assert [x["id"] for x in r["leases"]] == [a["id"], stale["id"], b["id"]]
+    for got, c in ((r["leases"][0], a), (r["leases"][2], b)):
+        assert got["fence"] == c["fence"] and got["cancel_requested"] is False
+        assert got["lease_expires_at"] > c["lease_expires_at"] + 50_000
+    err = r["leases"][1]["error"]
+    assert err["code"] == LEASE_LOST and err["reason"] == "lease_lost" and err["message"]
+    assert db_rows(daemon.db, row_of, (stale["id"],)) == stale_row
+    # the same pair twice, a worker name: invalid, and nothing changes
+    items_before = db_rows(daemon.db, "SELECT * FROM items ORDER BY id")
+    pair = {"item_id": a["id"], "token": a["token"]}
+    e = raw.error("heartbeat", {"leases": [pair, pair]})
+    assert_error(e, INVALID_PARAMS, "invalid")
+    assert e["data"]["field"] == "leases[1].item_id"
+    assert_error(raw.error("heartbeat", {"leases": []}), LIMIT, "limit")
+    e = raw.error("heartbeat", {"worker_id": "w-hb-a"})
+    assert_error(e, INVALID_PARAMS, "invalid")
+    assert "no longer accepted" in e["message"] and "reusing its name" in e["message"]
+    assert db_rows(daemon.db, "SELECT * FROM items ORDER BY id") == items_before
 
 
 def test_release_task(raw):

@@ -292,8 +292,8 @@ def test_cancel_running_seen_on_heartbeat_then_failed_release_cancels(orch, cloc
     hb = orch.heartbeat(iid, claim["token"])
     assert hb["cancel_requested"] is True
     assert hb["lease_expires_at"] == now_ms() + 30_000
-    by_worker = orch.heartbeat(worker_id="w1")
-    assert [x["cancel_requested"] for x in by_worker["items"]] == [True]
+    several = orch.heartbeat(leases=[{"item_id": iid, "token": claim["token"]}])
+    assert [x["cancel_requested"] for x in several["leases"]] == [True]
     item = orch.release_task(iid, claim["token"], "failed", error="stopped")
     assert item["status"] == "cancelled"
     clock.tick(3600)
@@ -459,7 +459,12 @@ def test_expired_lease_cannot_be_revived(orch, clock):
     clock.tick(10.5)
     with pytest.raises(LeaseLost):
         orch.heartbeat(iid, claim["token"], ttl=100)
-    assert orch.heartbeat(worker_id="w1")["items"] == []
+    n = n_events(orch)
+    refused = orch.heartbeat(leases=[{"item_id": iid, "token": claim["token"]}])["leases"]
+    assert refused == [{"id": iid, "error": {
+        "code": 1001, "reason": "lease_lost",
+        "message": f"item {iid}: the lease expired at 2025-01-01T00:00:10.000+00:00"}}]
+    assert n_events(orch) == n
     item = orch.get_task(iid)
     assert item["status"] == "running"
     assert item["lease_expires_at"] == T0_MS + 10_000
@@ -559,37 +564,77 @@ def test_heartbeat_ttl_may_shorten_and_default_is_claim_ttl(orch, clock):
     assert orch.doctor()["ok"]
 
 
-def test_heartbeat_by_worker_extends_all_its_live_leases(orch, clock):
+def test_heartbeat_of_several_leases_each_on_its_own(orch, clock, db_path):
     ids = [orch.submit_task(i)["id"] for i in range(4)]
     a = orch.claim_task("w1", ttl=10)
-    b = orch.claim_task("w1", ttl=30)
-    c = orch.claim_task("w2", ttl=10)
+    b = orch.claim_task("w2", ttl=30)
+    c = orch.claim_task("w1", ttl=10)
     d = orch.claim_task("w1", ttl=1)
     assert [a["id"], b["id"], c["id"], d["id"]] == ids
-    clock.tick(2)  # d has expired, the others are live
+    orch.release_task(c["id"], c["token"], "requeue")
+    c2 = orch.claim_task("w3", ttl=10, item_id=c["id"])  # c's token is superseded
+    clock.tick(2)  # d has expired
+    untouched = {i: snapshot(db_path)["items"][i - 1] for i in (c["id"], d["id"])}
     n = n_events(orch)
-    r = orch.heartbeat(worker_id="w1")
+    r = orch.heartbeat(leases=[{"item_id": a["id"], "token": a["token"]},
+                               {"item_id": c["id"], "token": c["token"]},
+                               {"item_id": 999, "token": a["token"]},
+                               {"item_id": b["id"], "token": b["token"]},
+                               {"item_id": d["id"], "token": d["token"]}])
     now = now_ms()
-    assert r["worker_id"] == "w1"
-    assert [x["id"] for x in r["items"]] == [a["id"], b["id"]]
-    assert orch.get_task(a["id"])["lease_expires_at"] == now + 10_000
-    assert orch.get_task(b["id"])["lease_expires_at"] == now + 30_000
-    assert r["lease_expires_at"] == now + 30_000
-    assert orch.get_task(c["id"])["lease_expires_at"] == T0_MS + 10_000  # other worker
-    assert orch.get_task(d["id"])["lease_expires_at"] == T0_MS + 1000  # not revived
+    assert [x["id"] for x in r["leases"]] == [a["id"], c["id"], 999, b["id"], d["id"]]
+    assert r["leases"][0] == {"id": a["id"], "fence": a["fence"],
+                              "lease_expires_at": now + 10_000, "cancel_requested": False}
+    assert r["leases"][3]["lease_expires_at"] == now + 30_000  # each its claim's ttl
+    assert [x["error"]["reason"] for x in r["leases"] if "error" in x] == \
+        ["lease_lost", "not_found", "lease_lost"]
+    assert [x["error"]["code"] for x in r["leases"] if "error" in x] == [1001, 1002, 1001]
+    assert "not its current claim" in r["leases"][1]["error"]["message"]
+    assert "expired" in r["leases"][4]["error"]["message"]
+    # the refused leases changed nothing, the others one heartbeat each
     assert n_events(orch) == n + 2
-    assert types_of(orch, a["id"])[-1] == "heartbeat"
-    assert types_of(orch, d["id"])[-1] == "claimed"
+    items = snapshot(db_path)["items"]
+    assert {i: items[i - 1] for i in (c["id"], d["id"])} == untouched
+    assert orch.verify(c["id"], c2["token"])["valid"]
+    assert types_of(orch, a["id"])[-1] == types_of(orch, b["id"])[-1] == "heartbeat"
 
     clock.tick(1)
-    r = orch.heartbeat(worker_id="w1", ttl=20)
+    r = orch.heartbeat(leases=[{"item_id": a["id"], "token": a["token"]},
+                               {"item_id": b["id"], "token": b["token"]}], ttl=5)
     now = now_ms()
-    assert {x["id"]: x["lease_expires_at"] for x in r["items"]} == {
-        a["id"]: now + 20_000, b["id"]: now + 20_000}
-    # the worker's tokens still work, and it is registered as live
-    orch.release_task(a["id"], a["token"], "succeeded")
-    assert "w1" in [w["worker_id"] for w in orch.status()["workers"]]
+    assert [x["lease_expires_at"] for x in r["leases"]] == [now + 5000, now + 5000]
+    # each lease's worker stays registered as live
+    assert {"w1", "w2"} <= {w["worker_id"] for w in orch.status()["workers"]}
     assert orch.doctor()["ok"]
+
+
+def test_heartbeat_refuses_a_worker_name_and_bad_lease_lists(orch, db_path):
+    from orchestrator import InvalidInput, LimitExceeded
+
+    orch.submit_task(1)
+    c = orch.claim_task("w1", ttl=10)
+    before = snapshot(db_path)
+    with pytest.raises(InvalidInput, match="worker_id: no longer accepted: .*reusing its name"):
+        orch._call("heartbeat", {"worker_id": "w1"})
+    lease = {"item_id": c["id"], "token": c["token"]}
+    for bad, match in [
+            ([], "leases: give 1 to 1000 leases"),
+            ([lease] * 2, r"leases\[1\].item_id: item 1 is given twice"),
+            ([{"item_id": c["id"]}], r"leases\[0\]: expected exactly item_id and token"),
+            ([{**lease, "ttl": 3}], r"leases\[0\]: expected exactly item_id and token, not ttl"),
+            ([{"item_id": "1", "token": c["token"]}], r"leases\[0\].item_id: expected an"),
+            ([{"item_id": c["id"], "token": 7}], r"leases\[0\].token: expected a string"),
+            (["1"], r"leases\[0\]: expected an object"),
+            ({"item_id": 1}, "leases: expected a list")]:
+        with pytest.raises(InvalidInput, match=match):
+            orch.heartbeat(leases=bad)
+    with pytest.raises(LimitExceeded, match="leases: give 1 to 1000"):
+        orch.heartbeat(leases=[{"item_id": i, "token": "t"} for i in range(1, 1002)])
+    with pytest.raises(InvalidInput, match="give item_id with token, or leases"):
+        orch.heartbeat(c["id"], c["token"], leases=[lease])
+    with pytest.raises(InvalidInput):
+        orch.heartbeat(c["id"])
+    assert snapshot(db_path) == before
 
 
 # --- stale recovery -------------------------------------------------------------------
@@ -976,7 +1021,8 @@ OPS = st.one_of(
     st.tuples(st.just("claim"), WORKERS, st.sampled_from([1, 5, 30])),
     st.tuples(st.just("claim_item"), st.integers(0, 9), WORKERS),
     st.tuples(st.just("heartbeat"), st.integers(0, 9), st.sampled_from([None, 2, 40])),
-    st.tuples(st.just("heartbeat_worker"), WORKERS),
+    st.tuples(st.just("heartbeat_many"), st.lists(st.integers(0, 9), min_size=1, max_size=4),
+              st.sampled_from([None, 2, 40])),
     st.tuples(st.just("release"), st.integers(0, 9),
               st.sampled_from(["succeeded", "failed", "cancelled", "requeue"])),
     st.tuples(st.just("release_next"), st.integers(0, 9),
@@ -1035,8 +1081,14 @@ def test_random_operations_keep_invariants(ops):
                     if nxt is not None:
                         claims.append(nxt)
                         latest[nxt["id"]] = nxt["token"]
-                elif name == "heartbeat_worker":
-                    o.heartbeat(worker_id=args[0])
+                elif name == "heartbeat_many" and claims:
+                    picked = list(dict.fromkeys(claims[i % len(claims)]["id"] for i in args[0]))
+                    tokens = {c["id"]: c["token"] for c in claims}  # the latest of each
+                    r = o.heartbeat(leases=[{"item_id": i, "token": tokens[i]} for i in picked],
+                                    ttl=args[1])
+                    assert [x["id"] for x in r["leases"]] == picked
+                    extended = sum("error" not in x for x in r["leases"])
+                    assert n_events(o) == n + extended  # a refused lease records nothing
                 elif name in ("cancel", "resolve") and items:
                     iid = items[args[0] % len(items)]
                     if name == "cancel":
