@@ -431,6 +431,20 @@ def test_events(cli):
     r = cli("events", "--since", "4")
     ok(r)
     assert r.out == ""
+    assert cli("events", "--json", "--item", str(b), "--since", "2").json == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--since", "5"]])
+def test_events_of_an_unknown_item_is_not_found(cli, extra):
+    submit(cli)
+    assert "item 999 not found" in one_error_line(cli("events", "--item", "999", *extra), 5)
+
+
+def test_events_follow_of_an_unknown_item_stops_at_once(cli, orch_cli):
+    submit(cli)
+    p = orch_cli("events", "--item", "999", "--follow", timeout=20)
+    assert (p.returncode, p.stdout) == (5, ""), p
+    assert p.stderr == "orch: error: item 999 not found\n"
 
 
 def test_tokens_never_printed(cli, clock):
