@@ -28,6 +28,8 @@ MAX_TOOL_BYTES = 128
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 KINDS = ("task", "session", "goal", "tool_execution")
+#: The kinds submit makes: goals and tool executions are made under their parent's lease.
+SUBMIT_KINDS = ("task", "session")
 EFFECTS = ("idempotent", "unsafe")
 STATUSES = ("pending", "running", "succeeded", "failed", "dead", "cancelled", "unknown")
 OUTCOMES = ("succeeded", "failed", "cancelled", "requeue")
