@@ -33,3 +33,13 @@ def test_both_readmes_have_the_same_shape() -> None:
     assert code_blocks(en) == code_blocks(ko)
     assert len(re.findall(r"^#+ ", en, flags=re.MULTILINE)) == len(re.findall(r"^#+ ", ko, flags=re.MULTILINE))
     assert en.count("\n|") == ko.count("\n|")
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    license_ = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    text = (ROOT / "LICENSE").read_text()
+    assert license_ == {"text": "MIT"}
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the orch authors\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
