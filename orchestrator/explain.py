@@ -36,9 +36,9 @@ def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
     cause, before = events[i], events[:i]
     st = state["status"]
     what = "tool execution" if state["kind"] == "tool_execution" else state["kind"]
-    said = clause(cause, before, state)
     if st == "running":
         return running(events[i:], before, state, now)
+    said = clause(cause, before, state)
     if cause["type"] == "resolved":
         return f"{st}: {said}"
     outcome = cause["detail"].get("outcome")
@@ -73,9 +73,7 @@ def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
 
 def running(since_claim: list[dict], before: list[dict], state: dict, now: int) -> str:
     """A live or lapsed lease: the claim, then what its holder did since."""
-    claim = since_claim[0]
-    text = (f"running: held by {_holder(claim)} since {iso(claim['at'])} "
-            f"(attempt {_attempt(claim['detail']['attempts'], state)})")
+    text = f"running: {clause(since_claim[0], before, state)}"
     if before and before[-1]["type"] == "taken_over":
         text += f", after {clause(before[-1], before[:-1], state)}"
     ends = state["lease_expires_at"]
@@ -102,8 +100,7 @@ def clause(e: dict, before: list[dict], state: dict) -> str:
                      if d["run_after"] > e["at"] else "")
             return f"submitted at {at}{later}"
         case "claimed":
-            return (f"claimed by {holder} at {at} "
-                    f"(attempt {_attempt(d['attempts'], state)})")
+            return f"held by {holder} since {at} (attempt {_attempt(d['attempts'], state)})"
         case "heartbeat":
             return f"last heartbeat at {at}"
         case "checkpoint":
