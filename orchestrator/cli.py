@@ -22,7 +22,16 @@ import click
 from . import __version__, paths
 from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
 from .rules import iso
-from .validate import CLAIM_KINDS, EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
+from .validate import (
+    CLAIM_KINDS,
+    EFFECTS,
+    KINDS,
+    OUTCOMES,
+    RESOLUTIONS,
+    STATUSES,
+    SUBMIT_KINDS,
+    parse_json_text,
+)
 
 # --- options every command accepts, before or after its name ---------------------------
 
@@ -212,9 +221,10 @@ def cli() -> None:
     """orch: leases on work for local AI agents, kept in one SQLite file.
 
     \b
-    Example:
-      id=$(orch submit --payload '{"url": "https://example.org"}' --json | jq .id)
+    Example (ID and TOKEN: the "id" and "token" fields of the claim's JSON):
+      orch submit --payload '{"url": "https://example.org"}'
       orch claim --worker w1 --ttl 60
+      orch release ID --token TOKEN --outcome succeeded
     """
 
 
@@ -245,7 +255,9 @@ def init() -> int:
 @click.option("--key", default=None, help="Idempotency key: unique per kind and queue.")
 @click.option("--max-attempts", type=int, default=None, help="Claims allowed (0: no limit).")
 @click.option("--delay", type=float, default=None, help="Seconds before it can be claimed.")
-@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--kind", type=click.Choice(SUBMIT_KINDS), default=None,
+              help="Default task. Goals and tool executions are made under their parent's "
+                   "lease, with orch goal add and orch tool exec.")
 @click.option("--parent", "parent_id", type=int, default=None, help="Parent item id.")
 @click.option("--effect", type=click.Choice(EFFECTS), default=None,
               help="idempotent: retried after a lost lease; unsafe: never blindly.")
@@ -370,7 +382,9 @@ def heartbeat_many(leases: list[dict], ttl: float | None) -> int:
 @command(cli)
 @click.argument("item_id", type=int)
 @token_options("The claim's token")
-@click.option("--outcome", required=True, type=click.Choice(OUTCOMES))
+@click.option("--outcome", required=True, type=click.Choice(OUTCOMES),
+              help="succeeded; failed (retried after a backoff while attempts are left, "
+                   "else dead); cancelled; requeue (pending again now, the claim counted).")
 @click.option("--result", default=None, help="What the work produced, as JSON.")
 @click.option("--error", default=None, help="What went wrong.")
 @click.option("--retry-in", type=float, default=None, help="Seconds before a retry.")
@@ -401,8 +415,9 @@ def recover(dry_run) -> int:
     """Recover expired leases (run it from cron; safe beside the daemon).
 
     \b
-    Example:
-      * * * * * orch recover
+    Example (a crontab line: cron's PATH lacks ~/.local/bin, so orch is named by
+    its full path, as scripts/install-service.sh installs it):
+      * * * * * "$HOME/.local/bin/orch" recover >/dev/null 2>>"$HOME/.openclaw/logs/recover.log"
     """
     r = settings().backend().stale_recovery(dry_run=dry_run or None)
 
@@ -450,7 +465,9 @@ def checkpoint_cmd(item_id, token, token_file, data) -> int:
 
 @command(cli)
 @click.argument("item_id", type=int)
-@click.option("--outcome", required=True, type=click.Choice(RESOLUTIONS))
+@click.option("--outcome", required=True, type=click.Choice(RESOLUTIONS),
+              help="What happened, as you found out: succeeded, failed or cancelled "
+                   "settle it; retry makes it pending again.")
 def resolve(item_id, outcome) -> int:
     """Settle an item whose status is unknown.
 
@@ -513,9 +530,11 @@ def _indent(s: str) -> str:
 
 
 @command(cli, "ls")
-@click.option("--status", "status_", type=click.Choice(STATUSES), default=None)
-@click.option("--queue", default=None)
-@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--status", "status_", type=click.Choice(STATUSES), default=None,
+              help="Only items with this status.")
+@click.option("--queue", default=None, help="Only items in this queue.")
+@click.option("--kind", type=click.Choice(KINDS), default=None,
+              help="Only items of this kind.")
 @click.option("--limit", type=int, default=None, help="Default 100; 0 for all.")
 def ls(status_, queue, kind, limit) -> int:
     """List items, newest first.
@@ -651,7 +670,7 @@ def session_start(worker_id, key, payload, ttl) -> int:
 
 @command(session, "resume")
 @click.argument("session_id", type=int)
-@click.option("--worker", "worker_id", required=True)
+@click.option("--worker", "worker_id", required=True, help="The agent taking the session.")
 @click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
 def session_resume(session_id, worker_id, ttl) -> int:
     """Claim a session again after its holder died; prints the claim with its checkpoint.
@@ -670,7 +689,7 @@ def goal() -> None:
 
 
 @command(goal, "add")
-@click.option("--session", "session_id", type=int, required=True)
+@click.option("--session", "session_id", type=int, required=True, help="The session's id.")
 @token_options("The session's token")
 @click.option("--payload", default=None, help="The goal, as JSON.")
 @click.option("--key", default=None, help="Idempotency key within the session.")
@@ -694,7 +713,7 @@ def tool() -> None:
 
 
 @command(tool, "exec")
-@click.option("--goal", "goal_id", type=int, required=True)
+@click.option("--goal", "goal_id", type=int, required=True, help="The goal's id.")
 @token_options("The goal's token")
 @click.option("--tool", "tool_name", required=True, help="The tool's name.")
 @click.option("--input", "input_", default=None, help="The tool's input, as JSON.")
@@ -702,7 +721,8 @@ def tool() -> None:
               help="Idempotency key (default: the tool and a hash of the input).")
 @click.option("--effect", type=click.Choice(EFFECTS), default=None,
               help="Default unsafe: a lost lease makes it unknown, never rerun.")
-@click.option("--ttl", type=float, default=None)
+@click.option("--ttl", type=float, default=None,
+              help="Lease length in seconds (default: the goal's).")
 @click.option("--wait", type=float, default=None,
               help="If another holder runs it, wait this many seconds for its outcome.")
 def tool_exec(goal_id, token, token_file, tool_name, input_, key, effect, ttl, wait) -> int:
@@ -741,7 +761,7 @@ def _tree(node: dict, depth: int = 0) -> list[str]:
 
 
 @command(cli)
-@click.option("--session", "session_id", type=int, required=True)
+@click.option("--session", "session_id", type=int, required=True, help="The session's id.")
 def replay(session_id) -> int:
     """Show a session, its goals and their tool executions, with the events behind them.
 
@@ -756,7 +776,7 @@ def replay(session_id) -> int:
 @command(cli)
 @click.argument("item_id", type=int)
 def why(item_id) -> int:
-    """Explain in a sentence why an item is where it is.
+    """Explain why an item is where it is, from the events behind it.
 
     \b
     Example:
@@ -773,10 +793,11 @@ def why(item_id) -> int:
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Rotated log file [default: <home>/logs/orchestrator.log].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              default="INFO", show_default=True)
+              default="INFO", show_default=True, help="Least severe level logged.")
 @click.option("--recover-every", type=float, default=2.0, show_default=True,
               help="Seconds between the daemon's own recovery passes.")
-@click.option("--line-timeout", type=float, default=10.0, hidden=True)
+@click.option("--line-timeout", type=float, default=10.0, hidden=True,
+              help="Seconds a client may take to finish a line it started.")
 def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int:
     """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
 
@@ -798,7 +819,8 @@ def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int
 
 
 def fail(message: str, code: int) -> int:
-    click.echo(f"orch: error: {message}", err=True)
+    # One line of single spaces: click's messages hold newlines and tabs (choice lists).
+    click.echo(f"orch: error: {' '.join(message.split())}", err=True)
     return code
 
 

@@ -1,107 +1,155 @@
-"""``orch why ID``: one or two plain sentences on why an item is where it is."""
+"""``orch why ID``: one or two plain sentences on why an item is where it is.
+
+Every fact in the answer is read from the item's events (who, when, which fence, what
+outcome or reason), the log ``orch doctor`` replays, never guessed from the row: a
+resolve is told as a resolve, and a recovery is told apart from the lease's end.
+"""
 
 from __future__ import annotations
 
-import json
-
-from .rules import PARENT_KIND, get_row, iso, lost_ancestor
+from . import events as ev
+from .rules import PARENT_KIND, event_view, get_row, iso, lost_ancestor
 from .store import Tx
+from .validate import RESOLUTIONS
 
+#: Event types that set an item's status: the last of them is why it is where it is.
+SETS_STATUS = ("submitted", "claimed", "released", "expired", "cancelled", "resolved")
 
-def _in(ms: int, now: int) -> str:
-    s = (ms - now) / 1000
-    return f"in {s:.0f} s" if s >= 0.5 else "now"
-
-
-def _ago(ms: int, now: int) -> str:
-    return f"{(now - ms) / 1000:.0f} s ago"
-
-
-#: How an "expired" event's lease ended, by its reason.
-_ENDED = {"parent_lease_lost": "ended with its parent's lease",
-          "parent_taken_over": "ended when its parent was taken over",
-          "parent_released": "ended when its parent was released"}
-
-
-def _ended(detail: dict) -> str:
-    return _ENDED.get(detail.get("reason"), "expired")
-
-
-def _of(row: dict) -> str:
-    return str(row["max_attempts"]) if row["max_attempts"] else "unlimited"
+FENCED_OUT = {  # expired.reason -> why the holder was fenced out before its lease ended
+    "parent_lease_lost": "its parent's lease was lost",
+    "parent_taken_over": "its parent was taken over by another worker",
+    "parent_released": "its parent was released",
+}
 
 
 def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
-    row = get_row(tx, item_id)
-    events = tx.all("events_of_item", {"item_id": item_id, "since": 0, "limit": -1})
-    last = events[-1] if events else None
-    detail = json.loads(last["detail"]) if last else {}
-    kind, st = row["kind"], row["status"]
-    what = "tool execution" if kind == "tool_execution" else kind
-    error = f" ({row['error']})" if row["error"] else ""
-
-    if st == "pending":
-        when = (f"claimable {_in(row['run_after'], now)}" if row["run_after"] > now
-                else "claimable now")
-        if row["attempts"] == 0:
-            text = f"pending: submitted {iso(row['created_at'])}, not claimed yet; {when}"
-        elif last and last["type"] == "expired":
-            text = (f"pending: the lease of {last['worker_id']} (fence {last['fence']}) "
-                    f"{_ended(detail)} at {iso(last['at'])}; retry {row['attempts'] + 1} of "
-                    f"{_of(row)}, {when}")
-        elif last and last["type"] == "resolved":
-            text = f"pending: resolved for a retry at {iso(last['at'])}; {when}"
-        elif last and detail.get("outcome") == "requeue":
-            text = f"pending: given back by {last['worker_id']} at {iso(last['at'])}; {when}"
-        else:
-            text = (f"pending: retry {row['attempts'] + 1} of {_of(row)} after failure"
-                    f"{error}, {when}")
-    elif st == "running":
-        lost = lost_ancestor(tx, row, now) if row["kind"] in PARENT_KIND else None
-        if lost is not None and row["lease_expires_at"] > now:
+    row = get_row(tx, item_id)  # an unknown id is NOT_FOUND
+    rows = tx.all("events_of_item", {"item_id": item_id, "since": 0, "limit": -1})
+    state = ev.replay(rows)[item_id]
+    events = [event_view(r) for r in rows]
+    text = explain(events, state, now, item_id)
+    if state["status"] == "running" and row["kind"] in PARENT_KIND:
+        lost = lost_ancestor(tx, row, now)
+        if lost is not None:  # the child's own lease may look live: its holder is fenced
             ancestor, why = lost
-            text = (f"running: held by {row['worker_id']}, but the lease of its "
-                    f"{ancestor['kind']} {ancestor['id']} is gone ({why}), so its holder's "
-                    "writes are refused; recovery or the parent's next holder moves it on")
-        elif row["lease_expires_at"] > now:
-            text = (f"running: held by {row['worker_id']} (fence {row['fence']}, attempt "
-                    f"{row['attempts']}) since {iso(_claimed_at(events, row))}, lease ends "
-                    f"{_in(row['lease_expires_at'], now)}")
-        else:
-            text = (f"running: held by {row['worker_id']}, but the lease expired "
-                    f"{_ago(row['lease_expires_at'], now)}; the next recovery "
-                    "(orch recover, or the daemon) moves it on")
-        if row["cancel_requested"]:
-            text += "; a cancel was requested, the holder sees it on its next heartbeat"
-    elif st == "succeeded":
-        text = (f"succeeded: released by {row['worker_id']} at {iso(row['updated_at'])} "
-                f"after {row['attempts']} attempt(s)")
-    elif st == "failed":
-        text = (f"failed: {row['worker_id']} released it as failed without retry at "
-                f"{iso(row['updated_at'])}{error}")
-    elif st == "dead":
-        if last and last["type"] == "expired":
-            text = (f"dead: the lease of {last['worker_id']} {_ended(detail)} at "
-                    f"{iso(last['at'])} "
-                    f"and all {row['attempts']} attempts were used{error}")
-        else:
-            text = f"dead: all {row['attempts']} attempts failed; last error{error or ': none'}"
-    elif st == "cancelled":
-        how = ("before it ran" if row["attempts"] == 0 else
-               "by its holder after a cancel request" if row["cancel_requested"] else
-               "by its holder")
-        text = f"cancelled: at {iso(row['updated_at'])}, {how}"
-    else:  # unknown
-        reason = (detail.get("reason") or "").replace("_", " ")
-        text = (f"unknown: holder {row['worker_id']} of an unsafe {what} lost its lease at "
-                f"{iso(last['at'] if last else row['updated_at'])}"
-                f"{f' ({reason})' if reason else ''}; it may or may not have taken effect. "
-                f"Resolve with orch resolve {item_id} --outcome succeeded|failed|retry")
-    return {"id": item_id, "kind": kind, "status": st, "text": text}
+            text += (f"; but the lease of its {ancestor['kind']} {ancestor['id']} is gone "
+                     f"({why}), so its holder's writes are refused")
+    return {"id": item_id, "kind": state["kind"], "status": state["status"], "text": text}
 
 
-def _claimed_at(events: list[dict], row: dict) -> int:
-    for e in reversed(events):
-        if e["type"] == "claimed":
-            return e["at"]
-    return row["updated_at"]
+def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
+    """The answer for an item with these events (oldest first), ``state`` their replay."""
+    i = max(n for n, e in enumerate(events) if e["type"] in SETS_STATUS)
+    cause, before = events[i], events[:i]
+    st = state["status"]
+    what = "tool execution" if state["kind"] == "tool_execution" else state["kind"]
+    if st == "running":
+        return running(events[i:], before, state, now)
+    said = clause(cause, before, state)
+    if cause["type"] == "resolved":
+        return f"{st}: {said}"
+    outcome = cause["detail"].get("outcome")
+    if st == "pending":
+        if state["attempts"] == 0:
+            return f"pending: {said}, not claimed yet; claimable {_in(state['run_after'], now)}"
+        after = ("failure" if outcome == "failed" else "a requeue" if outcome == "requeue"
+                 else "a lost lease")
+        return (f"pending: retry {_attempt(state['attempts'] + 1, state)} after {after}, "
+                f"claimable {_in(state['run_after'], now)}; {said}")
+    if st == "succeeded":
+        return f"succeeded: after {state['attempts']} attempt(s); {said}"
+    if st == "failed":
+        return f"failed: final, as the release asked for no retry; {said}"
+    if st == "dead":
+        return f"dead: all {state['attempts']} of {state['max_attempts']} attempts used; {said}"
+    if st == "cancelled":
+        if cause["type"] == "cancelled":
+            ran = (f"after {state['attempts']} attempt(s)" if state["attempts"]
+                   else "before it ran")
+            return f"cancelled: {ran}; {said}"
+        if outcome == "cancelled":
+            return f"cancelled: by its holder; {said}"
+        asked = _last(before, "cancel_requested")
+        when = f" at {iso(asked['at'])}" if asked else ""
+        return f"cancelled: not retried, as a cancel was requested{when}; {said}"
+    # unknown
+    return (f"unknown: the holder of an unsafe {what} lost its lease, so it may or may not have "
+            f"taken effect; {said}. Resolve with orch resolve {item_id} --outcome "
+            + "|".join(RESOLUTIONS))
+
+
+def running(since_claim: list[dict], before: list[dict], state: dict, now: int) -> str:
+    """A live or lapsed lease: the claim, then what its holder did since."""
+    text = f"running: {clause(since_claim[0], before, state)}"
+    if before and before[-1]["type"] == "taken_over":
+        text += f", after {clause(before[-1], before[:-1], state)}"
+    ends = state["lease_expires_at"]
+    if ends > now:
+        text += f"; lease ends in {_secs(ends - now)}"
+    else:
+        text += (f"; its lease ended {_secs(now - ends)} ago, at {iso(ends)}: the next "
+                 "recovery (orch recover, or the daemon) moves it on")
+    for type_ in ("heartbeat", "checkpoint", "cancel_requested"):
+        e = _last(since_claim, type_) or (_last(before, type_) if type_ == "cancel_requested"
+                                          and state["cancel_requested"] else None)
+        if e is not None:
+            text += f"; {clause(e, [], state)}"
+    return text
+
+
+def clause(e: dict, before: list[dict], state: dict) -> str:
+    """What one event says, from its own fields (``before``: the item's earlier events)."""
+    d, at = e["detail"], iso(e["at"])
+    holder = _holder(e)
+    match e["type"]:
+        case "submitted":
+            later = (f" to be claimable from {iso(d['run_after'])}"
+                     if d["run_after"] > e["at"] else "")
+            return f"submitted at {at}{later}"
+        case "claimed":
+            return f"held by {holder} since {at} (attempt {_attempt(d['attempts'], state)})"
+        case "heartbeat":
+            return f"last heartbeat at {at}"
+        case "checkpoint":
+            return f"last checkpoint at {at} ({d['size']} bytes)"
+        case "cancel_requested":
+            return f"a cancel was requested at {at}; the holder sees it on its next heartbeat"
+        case "cancelled":
+            return f"cancelled with orch cancel at {at}, while pending"
+        case "released":
+            error = f" ({d['error']})" if d.get("error") else ""
+            return f"{holder} released it as {d['outcome']} at {at}{error}"
+        case "taken_over":
+            return (f"{d['by']} took over the expired lease of {d['previous_worker']} "
+                    f"(fence {d['previous_fence']}) at {at}")
+        case "resolved":
+            return (f"resolved as {d['outcome']} with orch resolve at {at}, after the lease "
+                    f"of {holder} was lost")
+        case "expired":
+            if d["reason"] != "lease_expired":
+                return (f"{holder} was fenced out at {at} because "
+                        f"{FENCED_OUT.get(d['reason'], d['reason'])}")
+            lease = _last(before, "claimed", "heartbeat")
+            ended = f" ended at {iso(lease['detail']['lease_expires_at'])} and" if lease else ""
+            return f"the lease of {holder}{ended} was recovered at {at}"
+    return f"{e['type']} at {at}"
+
+
+def _last(events: list[dict], *types: str) -> dict | None:
+    return next((e for e in reversed(events) if e["type"] in types), None)
+
+
+def _holder(e: dict) -> str:
+    return f"{e['worker_id']} (fence {e['fence']})"
+
+
+def _attempt(n: int, state: dict) -> str:
+    return f"{n} of {state['max_attempts']}" if state["max_attempts"] else f"{n} (no limit)"
+
+
+def _secs(ms: int) -> str:
+    return f"{ms / 1000:.1f}".removesuffix(".0") + " s"
+
+
+def _in(ms: int, now: int) -> str:
+    return "now" if ms <= now else f"in {_secs(ms - now)}"

@@ -644,6 +644,8 @@ def event_view(row: dict) -> dict:
 def list_events(tx: Tx, now: int, *, item_id: int | None, since: int, limit: int) -> list[dict]:
     params = {"since": since, "limit": limit or -1, "item_id": item_id}
     rows = tx.all("events_since" if item_id is None else "events_of_item", params)
+    if item_id is not None and not rows:
+        get_row(tx, item_id)  # no events: an item with none newer, or no such item
     return [event_view(r) for r in rows]
 
 

@@ -31,6 +31,8 @@ KINDS = ("task", "session", "goal", "tool_execution")
 #: What a claim may hand out: goals and tool executions are claimed only for their
 #: parent's holder, when it creates (or takes back) them under its own lease.
 CLAIM_KINDS = ("task", "session")
+#: The kinds submit makes: goals and tool executions are made under their parent's lease.
+SUBMIT_KINDS = ("task", "session")
 EFFECTS = ("idempotent", "unsafe")
 STATUSES = ("pending", "running", "succeeded", "failed", "dead", "cancelled", "unknown")
 OUTCOMES = ("succeeded", "failed", "cancelled", "requeue")

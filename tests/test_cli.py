@@ -17,11 +17,13 @@ import pytest
 from conftest import ROOT, CliResult, db_rows
 from freezegun import freeze_time
 
-from orchestrator import Orchestrator
+from orchestrator import InvalidInput, Orchestrator
 from orchestrator.cli import cli as cli_group
 from orchestrator.cli import run
 from orchestrator.rules import hash_token
 from orchestrator.store import SCHEMA_VERSION
+from orchestrator.validate import KINDS, SUBMIT_KINDS
+
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -584,6 +586,20 @@ def test_events(cli):
     r = cli("events", "--since", "4")
     ok(r)
     assert r.out == ""
+    assert cli("events", "--json", "--item", str(b), "--since", "2").json == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--since", "5"]])
+def test_events_of_an_unknown_item_is_not_found(cli, extra):
+    submit(cli)
+    assert "item 999 not found" in one_error_line(cli("events", "--item", "999", *extra), 5)
+
+
+def test_events_follow_of_an_unknown_item_stops_at_once(cli, orch_cli):
+    submit(cli)
+    p = orch_cli("events", "--item", "999", "--follow", timeout=20)
+    assert (p.returncode, p.stdout) == (5, ""), p
+    assert p.stderr == "orch: error: item 999 not found\n"
 
 
 def test_tokens_never_printed(cli, clock):
@@ -706,6 +722,59 @@ def test_every_command_has_help(cli):
             assert "--db" in r.out and "--json" in r.out, name
     r = cli("--help")
     assert r.code == 0 and all(n in r.out for n in cli_group.commands)
+
+
+def test_every_option_has_help(cli):
+    for name, cmd in [("", cli_group), *_all_commands(cli_group)]:
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                assert (param.help or "").strip(), f"orch {name} {param.opts[0]}: no help"
+        r = cli(*name.split(), "--help")
+        assert r.code == 0 and "jq" not in r.out, (name, r)  # no example needs a tool not named
+
+
+def test_submit_offers_only_the_kinds_it_accepts(cli, orch):
+    for kind in KINDS:
+        if kind in SUBMIT_KINDS:
+            assert orch.submit_task(kind=kind)["kind"] == kind
+        else:
+            with pytest.raises(InvalidInput, match="under its parent's lease"):
+                orch.submit_task(kind=kind)
+    r = cli("submit", "--help")
+    assert "[task|session]" in r.out and "goal|" not in r.out, r.out
+    assert "orch goal add and orch tool exec" in " ".join(r.out.split())
+    assert one_error_line(cli("submit", "--kind", "goal"), 2) == (
+        "orch: error: Invalid value for '--kind': 'goal' is not one of 'task', 'session'.\n")
+
+
+def test_recover_help_gives_the_installed_cron_line(cli):
+    cron = [line for line in (ROOT / "scripts" / "orch-recover.cron").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert len(cron) == 1 and cron[0].startswith('* * * * * "$HOME/.local/bin/orch" recover')
+    assert cron[0] in [line.strip() for line in cli("recover", "--help").out.splitlines()]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["release", "1", "--token", "t"],
+     "Missing option '--outcome'. Choose from: succeeded, failed, cancelled, requeue"),
+    (["resolve", "1"],
+     "Missing option '--outcome'. Choose from: succeeded, failed, retry, cancelled"),
+    (["release", "1", "--token", "t", "--outcome", "done"],
+     "Invalid value for '--outcome': 'done' is not one of "
+     + "'succeeded', 'failed', 'cancelled', 'requeue'."),
+    (["ls", "--status", "busy"],
+     "Invalid value for '--status': 'busy' is not one of "
+     + "'pending', 'running', 'succeeded', 'failed', 'dead', 'cancelled', 'unknown'."),
+    (["claim", "--worker", "w", "--kind", "job"],
+     "Invalid value for '--kind': 'job' is not one of "
+     + "'task', 'session', 'goal', 'tool_execution'."),
+    (["submit", "--effect", "maybe"],
+     "Invalid value for '--effect': 'maybe' is not one of 'idempotent', 'unsafe'."),
+    (["daemon", "--synchronous", "off"],
+     "Invalid value for '--synchronous': 'off' is not one of 'full', 'normal'."),
+])
+def test_choice_errors_are_clean_single_lines(cli, args, message):
+    assert one_error_line(cli(*args), 2) == f"orch: error: {message}\n"
 
 
 @pytest.mark.parametrize("args,code", [

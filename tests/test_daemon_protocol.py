@@ -353,6 +353,10 @@ def test_list_events(raw):
     assert [e["seq"] for e in later] == [e["seq"] for e in evs[1:]]
     assert_error(raw.error("listEvents", {"since": "x"}), INVALID_PARAMS)
     assert_error(raw.error("listEvents", {"item_id": 0}), LIMIT)
+    # an unknown item is not found, as for every other method; a known one with nothing
+    # newer than since is an empty list
+    assert_error(raw.error("listEvents", {"item_id": 999}), NOT_FOUND, "not_found")
+    assert raw.result("listEvents", {"item_id": c["id"], "since": evs[-1]["seq"]}) == []
 
 
 def test_status(raw):

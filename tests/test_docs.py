@@ -51,3 +51,13 @@ def test_the_socket_example_runs_twice(short_tmp: Path, start_daemon) -> None:
         ok, stale = p.stdout.splitlines()
         assert "'status': 'succeeded'" in ok
         assert "'code': 1001" in stale and "lease_lost" in stale
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    license_ = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    text = (ROOT / "LICENSE").read_text()
+    assert license_ == {"text": "MIT"}
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the orch authors\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
