@@ -1,4 +1,4 @@
-"""Where orch keeps its files (SPEC section 2), and the permissions they get."""
+"""Where orch keeps its files, and the permissions they get."""
 
 from __future__ import annotations
 

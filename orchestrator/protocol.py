@@ -13,7 +13,7 @@ MAX_LINE = 4 << 20  # bytes, newline excluded
 MAX_MESSAGE_DEPTH = MAX_DEPTH + 3
 
 
-#: Protocol method -> operation. Spelled as SPEC section 8 names them.
+#: Protocol method -> operation: the wire names clients already speak.
 METHODS: dict[str, str] = {
     "submitTask": "submit_task", "submitMany": "submit_many", "claimTask": "claim_task",
     "heartbeat": "heartbeat", "releaseTask": "release_task",

@@ -24,7 +24,6 @@ from orchestrator.rules import hash_token
 from orchestrator.store import SCHEMA_VERSION
 from orchestrator.validate import KINDS, SUBMIT_KINDS
 
-
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
 
