@@ -857,13 +857,27 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
+def _private_file(path: str, flags: int) -> int:
+    """open()'s opener for the log: created 0600 whatever the umask, like the database.
+
+    A log left readable by an older version is made private too. Rotated files are
+    the renamed earlier ones, so they keep the mode.
+    """
+    fd = os.open(path, flags, paths.FILE_MODE)
+    st = os.fstat(fd)
+    if st.st_mode & 0o777 != paths.FILE_MODE and st.st_uid == os.getuid():
+        os.fchmod(fd, paths.FILE_MODE)
+    return fd
+
+
 def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
     logger.remove()
     fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message} {extra}"
     logger.add(sys.stderr, level=level, format=fmt)
     if log_file is not None:
         paths.ensure_private_dir(log_file.parent)
-        logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5)
+        logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5,
+                   opener=_private_file)
 
 
 def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,

@@ -819,6 +819,28 @@ def test_file_modes(short_tmp):
             f = db.with_name(db.name + suffix)
             if f.exists():
                 assert mode(f) == 0o600, f
+        assert d.log.parent == sock.parent and mode(d.log) == 0o600
+    finally:
+        assert d.stop() == 0
+
+
+def test_log_files_are_private_rotated_ones_too(short_tmp):
+    run = short_tmp / "run"
+    run.mkdir(mode=0o700)
+    log = run / "daemon.log"  # where DaemonProcess logs
+    log.write_text("left by an older orch\n")
+    os.chmod(log, 0o644)
+    os.truncate(log, 10 << 20)  # full: the daemon's first line rotates it
+    old = os.umask(0)
+    try:
+        d = DaemonProcess(short_tmp / "orch.db", run / "orch.sock").start()
+    finally:
+        os.umask(old)
+    try:
+        assert wait_until(lambda: len(list(run.glob("daemon*.log"))) == 2, 5)
+        for f in run.glob("daemon*.log"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        assert "orch daemon serving" in log.read_text()  # the new file
     finally:
         assert d.stop() == 0
 
