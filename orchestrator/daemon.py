@@ -742,7 +742,10 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.pump()
+        # Not from here: this runs inside the transport's write callback, and a close
+        # from there (a line over the limit found next, say) makes asyncio report the
+        # connection lost twice, the second time with a traceback.
+        asyncio.get_running_loop().call_soon(self.pump)
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -49,18 +49,27 @@ def serves(sock: Path, timeout: float = 5.0) -> bool:
 @pytest.fixture
 def start(start_daemon):
     """start_daemon, with the daemon's stderr pipe read as it goes: a daemon that logs a
-    lot (tracebacks of bad requests) must not block on a full pipe nobody reads."""
+    lot (tracebacks of bad requests) must not block on a full pipe nobody reads.
+    ``d.stderr_text()`` is what it wrote there (all of it once it has exited)."""
     def run(*args: str, **kw) -> DaemonProcess:
         d = start_daemon(*args, **kw)
         pipe = d.proc.stderr
+        chunks: list[str] = []
 
         def drain() -> None:
             try:
-                while pipe.read(1 << 16):
-                    pass
+                while chunk := pipe.read(1 << 16):
+                    chunks.append(chunk)
             except (ValueError, OSError):
                 pass
-        threading.Thread(target=drain, daemon=True).start()
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+
+        def stderr_text() -> str:
+            if d.proc.poll() is not None:
+                reader.join(10)
+            return "".join(chunks)
+        d.stderr_text = stderr_text
         return d
     return run
 
@@ -935,3 +944,42 @@ def test_another_uid_is_refused(start, short_tmp):
     assert snapshot(d.db) == before
     assert rows(d.db, "SELECT count(*) FROM items WHERE queue='intruder'") == [(0,)]
     assert serves(d.sock)
+
+
+# --- (h) what one client may hold: a line's time, idleness, connections, input ------------------
+
+
+def log_text(d: DaemonProcess) -> str:
+    return d.log.read_text() if d.log.exists() else ""
+
+
+def test_line_over_4_mib_closes_the_connection_cleanly(start):
+    """The limit error, then a clean close, also when it is found as the client starts
+    taking its answers again (that path used to log AttributeError tracebacks)."""
+    d = start()
+    with Raw(d.sock) as w:  # answers of 4 MB each, more than a socket holds
+        w.result("submitMany", {"items": [{"payload": "x" * 200_000} for _ in range(20)]})
+    for _ in range(3):
+        with Raw(d.sock, timeout=10) as r:
+            data = protocol.encode({"jsonrpc": "2.0", "id": 1, "method": "listTasks",
+                                    "params": {"limit": 0}}) * 3 + b"x" * (MAX_LINE + 1024)
+
+            def send(r=r, data=data) -> None:
+                try:
+                    r.send(data)
+                except OSError:
+                    pass  # hung up on before the end: expected
+            sender = threading.Thread(target=send)
+            sender.start()
+            time.sleep(0.5)  # the answers back up: the daemon stops reading
+            for _ in range(3):
+                assert len(r.reply()["result"]) == 20
+            error = r.reply()["error"]
+            assert error["code"] == LIMIT and error["data"]["limit"] == MAX_LINE
+            assert r.closed_by_peer(5)
+            sender.join(10)
+    assert serves(d.sock)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    for text in (d.stderr_text(), log_text(d)):
+        assert "Traceback" not in text and "AttributeError" not in text, text[-3000:]
