@@ -20,7 +20,15 @@ from typing import Any
 import click
 
 from . import __version__, paths
-from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, NotFound, OrchError, exit_code
+from .api import Operations
+from .errors import (
+    EXIT_NOTHING_TO_CLAIM,
+    LeaseLost,
+    NotDelivered,
+    NotFound,
+    OrchError,
+    exit_code,
+)
 from .rules import iso
 from .validate import EFFECTS, KINDS, OUTCOMES, RESOLUTIONS, STATUSES, parse_json_text
 
@@ -40,13 +48,44 @@ class Settings:
             from .api import Orchestrator
             from .client import connect
 
-            self._backend = connect(self.db, self.socket) or Orchestrator(
-                self.db, busy_budget_s=_busy_budget())
+            client = connect(self.db, self.socket)
+            # Falling back, open the file that daemon was serving.
+            db = client.db if client is not None else self.db
+            self._backend = _DaemonOrFile(client, lambda: Orchestrator(
+                db, busy_budget_s=_busy_budget()))
         return self._backend
 
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+
+
+class _DaemonOrFile(Operations):
+    """The daemon while it takes requests, else the database file opened here.
+
+    A request that provably did not reach the daemon (it is stopping or restarting,
+    or its socket refuses) goes to the file, as when no daemon answered at all; one
+    the daemon may have read is never sent twice (``OutcomeUnknown``, exit 7).
+    """
+
+    def __init__(self, client: Operations | None, open_file: Callable[[], Operations]):
+        self.client, self.open_file, self.file = client, open_file, None
+
+    def _call(self, op: str, params: dict[str, Any]) -> Any:
+        if self.client is not None:
+            try:
+                return self.client._call(op, params)
+            except NotDelivered:
+                self.client.close()
+                self.client = None
+        if self.file is None:
+            self.file = self.open_file()
+        return self.file._call(op, params)
+
+    def close(self) -> None:
+        for backend in (self.client, self.file):
+            if backend is not None:
+                backend.close()
 
 
 def _busy_budget() -> float:

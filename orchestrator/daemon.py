@@ -770,7 +770,7 @@ class _Connection(asyncio.Protocol):
         try:
             while not self.busy and not self.write_paused and not self.transport.is_closing():
                 if self.daemon.stopping.is_set():
-                    self.close()  # no new requests once stopping
+                    self._turn_away()  # no new requests once stopping
                     return
                 nl = self.buf.find(b"\n")
                 if nl < 0:
@@ -815,9 +815,6 @@ class _Connection(asyncio.Protocol):
                 self.close()
                 return
             self.transport.write(data)
-        if self.daemon.stopping.is_set() and not self.busy:
-            self.close()
-            return
         self.pump()
 
     def close(self) -> None:
@@ -853,11 +850,33 @@ class _Connection(asyncio.Protocol):
             self.stall.cancel()
             self.stall = None
 
+    def _turn_away(self) -> None:
+        """Stopping: answer each complete line without running it, so its sender knows
+        it may send it again (to the next daemon, or to the file), then close."""
+        while (nl := self.buf.find(b"\n")) >= 0:
+            line = bytes(self.buf[:nl])
+            del self.buf[:nl + 1]
+            if line.strip():
+                self.transport.write(protocol.encode(_error_reply(_id_of(line), Unavailable(
+                    "the daemon is stopping; the request was not carried out",
+                    data={"delivered": False}))))
+        self.close()
+
     def _over_limit(self) -> None:
         self.transport.write(protocol.encode(protocol.error(
             None, 1004, f"line over {protocol.MAX_LINE} bytes",
             {"reason": "limit", "limit": protocol.MAX_LINE})))
         self.close()
+
+
+def _id_of(line: bytes) -> Any:
+    """The request's id, where one can be read (an answer then names its request)."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    id_ = message.get("id") if isinstance(message, dict) else None
+    return id_ if _plain_id(id_) else None
 
 
 def _private_file(path: str, flags: int) -> int:

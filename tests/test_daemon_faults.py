@@ -747,6 +747,7 @@ def test_signal_with_requests_in_flight(start, sig):
     got: list = []
     parked = claim_in_thread(d.sock, {"worker_id": "w", "queues": ["void"], "wait": 30}, got)
     acked: list[str] = []
+    turned_away: list[dict] = []
     stop = threading.Event()
 
     def spam():
@@ -755,7 +756,11 @@ def test_signal_with_requests_in_flight(start, sig):
                 for i in itertools.count():
                     if stop.is_set():
                         return
-                    if r.result("submitTask", {"queue": "spam", "key": f"k{i}"})["created"]:
+                    reply = r.call("submitTask", {"queue": "spam", "key": f"k{i}"})
+                    if "error" in reply:  # sent while stopping: answered, not run
+                        turned_away.append({"key": f"k{i}", **reply["error"]})
+                        return
+                    if reply["result"]["created"]:
                         acked.append(f"k{i}")
         except (Closed, OSError, TimeoutError, json.JSONDecodeError):
             return  # the daemon closed the connection while stopping
@@ -776,6 +781,9 @@ def test_signal_with_requests_in_flight(start, sig):
     assert wal_is_checkpointed(d.db)
     keys = {k for (k,) in rows(d.db, "SELECT key FROM items WHERE queue='spam'")}
     assert set(acked) <= keys
+    for e in turned_away:
+        assert e["code"] == 1005 and e["data"]["delivered"] is False, e
+        assert e["key"] not in keys
     doctor_ok(d.db)
 
 
@@ -983,3 +991,111 @@ def test_line_over_4_mib_closes_the_connection_cleanly(start):
     assert d.proc.wait(20) == 0
     for text in (d.stderr_text(), log_text(d)):
         assert "Traceback" not in text and "AttributeError" not in text, text[-3000:]
+
+
+# --- (i) the CLI when the daemon stops or restarts under it -------------------------------------
+
+
+def fake_daemon(sock: Path, db: Path, after_ping: str) -> threading.Thread:
+    """A peer on ``sock`` that answers one ping as a daemon serving ``db`` would, then,
+    on the request that follows: "gone" (closes, and stops listening), "unread" (closes
+    with the request unread), "stopping" (answers that it turned it away unread), or
+    "lost" (reads it and closes without an answer)."""
+    import select
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(8)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            f = conn.makefile("rb")
+            ping = json.loads(f.readline())
+            conn.sendall(protocol.encode(protocol.result(ping["id"], {
+                "pong": True, "now": 0, "db": str(db.resolve()), "pid": 0,
+                "mode": "daemon"})))
+            if after_ping == "gone":
+                return
+            if after_ping == "unread":
+                select.select([conn], [], [], 10)
+                return
+            request = json.loads(f.readline())
+            if after_ping == "stopping":
+                conn.sendall(protocol.encode(protocol.error(request["id"], 1005,
+                             "the daemon is stopping; the request was not carried out",
+                             {"reason": "unavailable", "delivered": False})))
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("after_ping,code", [
+    ("gone", 0), ("unread", 0), ("stopping", 0),  # provably not delivered: to the file
+    ("lost", 7),  # it may have been carried out: never sent twice
+])
+def test_cli_falls_back_to_the_file_only_when_the_daemon_provably_did_not_get_it(
+        short_tmp, after_ping, code):
+    db, sock = short_tmp / "orch.db", short_tmp / "orch.sock"
+    Orchestrator(db).close()
+    peer = fake_daemon(sock, db, after_ping)
+    p = orch_process("--socket", str(sock), "--json", "submit", "--payload", '"x"', db=db)
+    peer.join(10)
+    assert p.returncode == code, (p.stdout, p.stderr)
+    found = rows(db, "SELECT id FROM items")
+    if code == 0:
+        assert found == [(json.loads(p.stdout)["id"],)]
+    else:
+        assert p.stderr.startswith("orch: error:") and "may or may not" in p.stderr
+        assert found == []
+
+
+def test_cli_uses_the_file_when_the_socket_refuses(short_tmp):
+    import socket
+
+    db, sock = short_tmp / "orch.db", short_tmp / "orch.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))  # a socket file nobody listens on, as a killed daemon leaves
+    stale.close()
+    p = orch_process("--socket", str(sock), "--json", "submit", "--payload", '"x"', db=db)
+    assert p.returncode == 0, p.stderr
+    assert rows(db, "SELECT id FROM items") == [(json.loads(p.stdout)["id"],)]
+
+
+def test_cli_submits_while_the_daemon_restarts_all_land_exactly_once(start):
+    d = start()
+    db, sock = d.db, d.sock
+    results: list[tuple[str, subprocess.CompletedProcess]] = []
+    stop = threading.Event()
+
+    def submitter(name: str) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            tag = f"{name}-{n}"
+            results.append((tag, orch_process(
+                "--socket", str(sock), "--json", "submit", "--queue", "rs",
+                "--payload", json.dumps(tag), db=db)))
+
+    threads = [threading.Thread(target=submitter, args=(f"s{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.8)
+            assert d.stop() == 0
+            d = start(db=db, sock=sock)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    failed = [(tag, p.returncode, p.stderr) for tag, p in results if p.returncode != 0]
+    assert not failed, failed
+    assert len(results) >= 10
+    stored = dict(rows(db, "SELECT json_extract(payload, '$'), id FROM items "
+                           "WHERE queue = 'rs'"))
+    assert len(stored) == rows(db, "SELECT count(*) FROM items WHERE queue='rs'")[0][0]
+    assert stored == {tag: json.loads(p.stdout)["id"] for tag, p in results}
+    doctor_ok(db)
