@@ -730,8 +730,21 @@ def why(item_id) -> int:
               default="INFO", show_default=True)
 @click.option("--recover-every", type=float, default=2.0, show_default=True,
               help="Seconds between the daemon's own recovery passes.")
-@click.option("--line-timeout", type=float, default=10.0, hidden=True)
-def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int:
+@click.option("--line-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+              show_default=True,
+              help="Seconds a request line may take from its first byte to its newline.")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=300.0,
+              show_default=True,
+              help="Seconds a connection may stay without a request (a parked claim is "
+                   "a request).")
+@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+              help="Connections served at once; more are refused with error 1004.")
+@click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True), default=256.0,
+              show_default=True,
+              help="Unread input held for all clients together; past it the client "
+                   "holding the most is dropped.")
+def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_timeout,
+           max_connections, max_buffered_mib) -> int:
     """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
 
     \b
@@ -745,7 +758,9 @@ def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int
                       synchronous=synchronous,
                       log_file=Path(log_file) if log_file else paths.default_log_file(),
                       log_level=log_level, recover_every_s=recover_every,
-                      line_timeout_s=line_timeout)
+                      line_timeout_s=line_timeout, idle_timeout_s=idle_timeout,
+                      max_connections=max_connections,
+                      max_buffered=int(max_buffered_mib * (1 << 20)))
 
 
 # --- entry point --------------------------------------------------------------------------
