@@ -20,7 +20,14 @@ from typing import Any
 import click
 
 from . import __version__, paths
-from .errors import EXIT_NOTHING_TO_CLAIM, LeaseLost, OrchError, exit_code
+from .api import Operations
+from .errors import (
+    EXIT_NOTHING_TO_CLAIM,
+    LeaseLost,
+    NotDelivered,
+    OrchError,
+    exit_code,
+)
 from .rules import iso
 from .validate import (
     CLAIM_KINDS,
@@ -53,13 +60,44 @@ class Settings:
             from .api import Orchestrator
             from .client import connect
 
-            self._backend = connect(self.db, self.socket) or Orchestrator(
-                self.db, busy_budget_s=_busy_budget(), create=create)
+            client = connect(self.db, self.socket)
+            # Falling back, open the file that daemon was serving.
+            db = client.db if client is not None else self.db
+            self._backend = _DaemonOrFile(client, lambda: Orchestrator(
+                db, busy_budget_s=_busy_budget(), create=create))
         return self._backend
 
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+
+
+class _DaemonOrFile(Operations):
+    """The daemon while it takes requests, else the database file opened here.
+
+    A request that provably did not reach the daemon (it is stopping or restarting,
+    or its socket refuses) goes to the file, as when no daemon answered at all; one
+    the daemon may have read is never sent twice (``OutcomeUnknown``, exit 7).
+    """
+
+    def __init__(self, client: Operations | None, open_file: Callable[[], Operations]):
+        self.client, self.open_file, self.file = client, open_file, None
+
+    def _call(self, op: str, params: dict[str, Any]) -> Any:
+        if self.client is not None:
+            try:
+                return self.client._call(op, params)
+            except NotDelivered:
+                self.client.close()
+                self.client = None
+        if self.file is None:
+            self.file = self.open_file()
+        return self.file._call(op, params)
+
+    def close(self) -> None:
+        for backend in (self.client, self.file):
+            if backend is not None:
+                backend.close()
 
 
 def _busy_budget() -> float:
@@ -796,9 +834,21 @@ def why(item_id) -> int:
               default="INFO", show_default=True, help="Least severe level logged.")
 @click.option("--recover-every", type=float, default=2.0, show_default=True,
               help="Seconds between the daemon's own recovery passes.")
-@click.option("--line-timeout", type=float, default=10.0, hidden=True,
-              help="Seconds a client may take to finish a line it started.")
-def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int:
+@click.option("--line-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+              show_default=True,
+              help="Seconds a request line may take from its first byte to its newline.")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=300.0,
+              show_default=True,
+              help="Seconds a connection may stay without a request (a parked claim is "
+                   "a request).")
+@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+              help="Connections served at once; more are refused with error 1004.")
+@click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True), default=256.0,
+              show_default=True,
+              help="Unread input held for all clients together; past it the client "
+                   "holding the most is dropped.")
+def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_timeout,
+           max_connections, max_buffered_mib) -> int:
     """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
 
     \b
@@ -812,7 +862,9 @@ def daemon(synchronous, log_file, log_level, recover_every, line_timeout) -> int
                       synchronous=synchronous,
                       log_file=Path(log_file) if log_file else paths.default_log_file(),
                       log_level=log_level, recover_every_s=recover_every,
-                      line_timeout_s=line_timeout)
+                      line_timeout_s=line_timeout, idle_timeout_s=idle_timeout,
+                      max_connections=max_connections,
+                      max_buffered=int(max_buffered_mib * (1 << 20)))
 
 
 # --- entry point --------------------------------------------------------------------------

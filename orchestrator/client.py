@@ -1,10 +1,12 @@
 """``Client``: the Python API carried over the daemon's Unix socket.
 
 It has the methods of the embedded ``Orchestrator`` (both come from ``Operations``) and
-raises the same errors. A request is retried only when it provably never reached the
-daemon (no socket, connection refused, a connection found closed before sending); a
-connection lost after sending raises ``OutcomeUnknown`` instead, because the daemon
-may have committed it.
+raises the same errors. A request is sent again only when it provably never reached
+the daemon: no socket, connection refused, a connection found closed or reset before
+the daemon read the whole line, or the daemon's own answer that it turned the request
+away unread (it is stopping, or at its connection cap). A connection lost after the
+daemon read the request raises ``OutcomeUnknown`` instead, because the daemon may have
+committed it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,7 @@ import tenacity
 
 from . import paths, protocol
 from .api import Operations
-from .errors import InvalidInput, OutcomeUnknown, Unavailable, from_rpc
-
-
-class _NotDelivered(Exception):
-    pass
+from .errors import InvalidInput, NotDelivered, OutcomeUnknown, Unavailable, from_rpc
 
 
 class Client(Operations):
@@ -40,34 +38,24 @@ class Client(Operations):
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._next_id = 0
+        self.db: Path | None = None  # the daemon's file, once connect() has asked
 
     # -- connection --
 
     def _open(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # With a timeout, a full listen queue (a daemon short of descriptors) says so at
+        # once (EAGAIN) instead of leaving connect() waiting.
+        s.settimeout(self.timeout)
         try:
             s.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as exc:
             s.close()
-            raise _NotDelivered(str(exc)) from exc
-        except OSError:
+            raise NotDelivered(f"no orch daemon answers on {self.path} ({exc})") from None
+        except OSError as exc:
             s.close()
-            raise
-        return s
-
-    def _connect(self) -> None:
-        try:
-            for attempt in tenacity.Retrying(
-                retry=tenacity.retry_if_exception_type(_NotDelivered),
-                stop=tenacity.stop_after_delay(self.connect_within),
-                wait=tenacity.wait_random_exponential(multiplier=0.02, max=0.5),
-                reraise=True,
-            ):
-                with attempt:
-                    self._sock = self._open()
-        except (_NotDelivered, OSError) as exc:
             raise Unavailable(f"no orch daemon answers on {self.path} ({exc})") from None
-        self._buf.clear()
+        return s
 
     def _stale(self) -> bool:
         """Did the daemon close this idle connection (it restarted, say)?"""
@@ -105,26 +93,64 @@ class Client(Operations):
         return reply["result"]
 
     def send_line(self, line: bytes, *, timeout: float) -> Any:
-        """Send one request line and return the parsed reply line."""
+        """Send one request line and return the parsed reply line.
+
+        A request that provably did not reach the daemon is sent again, on a new
+        connection, for up to ``connect_within`` seconds; then ``NotDelivered``.
+        """
+        try:
+            return self._send_once(line, timeout)
+        except NotDelivered:
+            if self.connect_within <= 0:
+                raise
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(NotDelivered),
+            stop=tenacity.stop_after_delay(self.connect_within),
+            wait=tenacity.wait_random_exponential(multiplier=0.02, max=0.5),
+            reraise=True,
+        ):
+            with attempt:
+                return self._send_once(line, timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_once(self, line: bytes, timeout: float) -> Any:
         if self._sock is not None and self._stale():
             self.close()
         if self._sock is None:
-            self._connect()
-        assert self._sock is not None
+            self._sock = self._open()
+            self._buf.clear()
         try:
             self._sock.settimeout(timeout)
             self._sock.sendall(line)
+        except OSError as exc:
+            # Not all of the line went out, so its newline did not: the daemon cannot
+            # have run it.
+            self.close()
+            raise NotDelivered(f"the daemon on {self.path} took no request ({exc})") from None
+        try:
             raw = self._readline()
+        except ConnectionResetError:
+            # A Unix socket is reset when its peer closes with bytes unread: this client
+            # sends nothing after its one line, so the daemon never read all of that line.
+            self.close()
+            raise NotDelivered(f"the daemon on {self.path} closed the connection before "
+                               "reading the request") from None
         except (OSError, _Lost) as exc:
             self.close()
             raise OutcomeUnknown(
                 f"the connection to the daemon was lost after the request was sent; it may "
                 f"or may not have been carried out ({exc or type(exc).__name__})") from None
         try:
-            return json.loads(raw)
+            reply = json.loads(raw)
         except ValueError:
             self.close()
             raise OutcomeUnknown("the daemon's reply was not JSON") from None
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict) \
+                and (reply["error"].get("data") or {}).get("delivered") is False:
+            self.close()  # turned away unread (stopping, or at its connection cap)
+            err = reply["error"]
+            raise from_rpc(err.get("code", 0), err.get("message", "error"), err.get("data"))
+        return reply
 
     def _readline(self) -> bytes:
         assert self._sock is not None
@@ -151,7 +177,10 @@ class _Lost(Exception):
 
 
 def connect(db: Path | None, socket_path: Path | None) -> Client | None:
-    """The daemon's client if it answers and serves ``db`` (when one was asked for)."""
+    """The daemon's client if it answers and serves ``db`` (when one was asked for).
+
+    The client's ``db`` is the file that daemon serves.
+    """
     path = socket_path or paths.default_socket()
     if not path.exists():
         return None
@@ -166,4 +195,5 @@ def connect(db: Path | None, socket_path: Path | None) -> Client | None:
         client.close()  # that daemon serves another file: open ours directly
         return None
     client.timeout = 60.0
+    client.db = Path(info["db"])
     return client

@@ -12,9 +12,11 @@ claimable, never by polling.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -37,6 +39,7 @@ from .errors import (
     RPC_METHOD_NOT_FOUND,
     RPC_PARSE_ERROR,
     InvalidInput,
+    LimitExceeded,
     OrchError,
     Unavailable,
     rpc_code,
@@ -45,8 +48,15 @@ from .operations import OPERATIONS
 from .store import CommitAndRaise, Rollback, SQLiteStore, retry_busy
 
 MAX_GROUP = 512  # requests committed together at most
-LINE_TIMEOUT_S = 10.0  # a client that stops mid-line is dropped after this
 RECOVER_EVERY_S = 2.0
+# What one client may hold of the daemon (each a ``orch daemon`` option):
+LINE_TIMEOUT_S = 10.0  # a line must be complete this long after its first byte
+IDLE_TIMEOUT_S = 300.0  # a connection with no request this long is closed
+MAX_CONNECTIONS = 1024
+MAX_BUFFERED = 256 << 20  # bytes of unread input, all connections together
+BACKLOG = 100  # connections waiting to be accepted
+OWN_FDS = 64  # descriptors the daemon needs besides its connections (files, threads)
+LOG_EVERY_S = 10.0  # at most one line this often for events that come in floods
 #: Operations after which an item may have become claimable.
 FEEDS = {"submit_task", "submit_many", "release_task", "release_and_claim", "stale_recovery",
          "resolve_task"}
@@ -315,16 +325,46 @@ class Waiters:
 # --- the server --------------------------------------------------------------------------------
 
 
+class _Throttled:
+    """A log line for an event that may come in floods: at most one every ``every_s``,
+    counting the events since the last (``{n}`` in the message)."""
+
+    def __init__(self, level: str, message: str, every_s: float = LOG_EVERY_S):
+        self.level, self.message, self.every_s = level, message, every_s
+        self.count = 0
+        self.next_at = 0.0
+        self.fields: dict[str, Any] = {}
+
+    def __call__(self, **fields: Any) -> None:
+        self.count += 1
+        self.fields = fields
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the line for the events counted so far, once its time has come."""
+        now = time.monotonic()
+        if self.count and now >= self.next_at:
+            logger.bind(count=self.count).log(self.level, self.message, n=self.count,
+                                               **self.fields)
+            self.count = 0
+            self.next_at = now + self.every_s
+
+
 class Daemon:
     def __init__(self, db: Path, sock: Path, *, synchronous: str = "full",
                  recover_every_s: float = RECOVER_EVERY_S,
-                 line_timeout_s: float = LINE_TIMEOUT_S, readers: int = 4,
-                 debug: bool = False):
+                 line_timeout_s: float = LINE_TIMEOUT_S,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
+                 readers: int = 4, debug: bool = False):
         self.db = Path(db).resolve()
         self.sock = Path(sock)
         self.synchronous = synchronous
         self.recover_every_s = recover_every_s
         self.line_timeout_s = line_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
+        self.max_buffered = max_buffered
         self.reader_count = readers
         self.debug = debug
         self.waiters = Waiters()
@@ -332,6 +372,25 @@ class Daemon:
         self.idle = asyncio.Event()
         self.stopping = asyncio.Event()
         self.connections: set[_Connection] = set()
+        self.buffered = 0  # bytes read from clients and not yet taken as lines
+        self.accept_pause_s = 0.0  # grows while descriptors are short
+        self.accept_resume: asyncio.TimerHandle | None = None
+        self.log_idle = _Throttled(
+            "INFO", "closed {n} idle connection(s): no request for {limit:g} s")
+        self.log_slow_line = _Throttled(
+            "WARNING", "dropped {n} client(s) whose line was not complete {limit:g} s after "
+            "its first byte")
+        self.log_refused = _Throttled(
+            "WARNING", "refused {n} connection(s): {limit} open, the most allowed "
+            "(--max-connections)")
+        self.log_shed = _Throttled(
+            "WARNING", "dropped {n} client(s) holding the most unread input ({size} bytes): "
+            "input buffered over all connections passed {limit} bytes (--max-buffered-mib)")
+        self.log_no_fds = _Throttled(
+            "WARNING", "out of descriptors ({error}): stopped accepting {n} time(s), now for "
+            "{pause:g} s; {open} connection(s) open")
+        self.throttled = [self.log_idle, self.log_slow_line, self.log_refused, self.log_shed,
+                          self.log_no_fds]
         self._locks: list[int] = []
         self._local = threading.local()
         self._readers: list[SQLiteStore] = []
@@ -386,26 +445,26 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await self._recover()
-        paths.ensure_private_dir(self.sock.parent)
-        old_umask = os.umask(0o177)
-        try:
-            server = await loop.create_unix_server(lambda: _Connection(self),
-                                                   path=str(self.sock))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.sock, paths.FILE_MODE)
+        self._raise_fd_limit()
+        self.loop = loop
+        self.listener = self._listen()
+        loop.add_reader(self.listener.fileno(), self._accept)
         logger.bind(db=str(self.db), socket=str(self.sock), pid=os.getpid()).info(
             "orch daemon serving {} on {}", self.db, self.sock)
         ticker = asyncio.create_task(self._tick())
+        sweeper = asyncio.create_task(self._sweep())
         await self.stopping.wait()
         logger.info("stopping: no new connections, finishing requests in flight")
-        server.close()
+        self._stop_accepting()
         ticker.cancel()
+        sweeper.cancel()
         self.waiters.wake_all()
         await self._drain()
         for conn in list(self.connections):
             conn.close()
-        await server.wait_closed()
+        for throttled in self.throttled:
+            throttled.next_at = 0.0
+            throttled.flush()
         while self.writer.pending or self.writer.offloaded:  # nothing is left uncommitted
             if self.writer.offloaded:
                 await asyncio.sleep(0.01)
@@ -424,6 +483,126 @@ class Daemon:
         self.sock.unlink(missing_ok=True)
         logger.bind(commits=self.writer.commits, requests=self.writer.committed_requests).info(
             "orch daemon stopped")
+
+    # -- connections --
+
+    def _listen(self) -> socket.socket:
+        paths.ensure_private_dir(self.sock.parent)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.sock))
+            os.chmod(self.sock, paths.FILE_MODE)
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        return listener
+
+    def _raise_fd_limit(self) -> None:
+        """Let the connection cap, not the descriptor limit, be what new clients meet."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.max_connections + OWN_FDS
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            logger.warning("the descriptor limit ({}) leaves room for fewer connections than "
+                           "--max-connections {}: past it, new clients wait to be accepted",
+                           new, self.max_connections)
+
+    def _accept(self) -> None:
+        """Take the connections waiting in the listen queue."""
+        for _ in range(BACKLOG):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(exc)
+                else:
+                    logger.warning("accepting a connection failed: {}", exc)
+                return
+            self.accept_pause_s = 0.0
+            if len(self.connections) >= self.max_connections:
+                self._refuse(sock)
+                continue
+            conn = _Connection(self)
+            self.connections.add(conn)  # counted at once, so a burst cannot pass the cap
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(lambda conn=conn: conn, sock))
+            task.add_done_callback(lambda t, conn=conn, sock=sock: t.cancelled()
+                                   or t.exception() is None or self._lost(conn, sock, t))
+
+    def _lost(self, conn: _Connection, sock: socket.socket, task: asyncio.Task) -> None:
+        logger.opt(exception=task.exception()).warning("setting up a connection failed")
+        self.connections.discard(conn)
+        sock.close()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over the connection cap: one error line (the client may try again later), closed."""
+        try:
+            sock.setblocking(False)
+            sock.send(protocol.encode(_error_reply(None, LimitExceeded(
+                f"too many connections: the daemon serves at most {self.max_connections} at "
+                f"once; the request was not read, try again later",
+                data={"limit": self.max_connections, "delivered": False}))))
+        except OSError:
+            pass  # gone already
+        finally:
+            sock.close()
+        self.log_refused(limit=self.max_connections)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: accepting again at once would only fail again, as fast as
+        the loop turns. Leave new clients in the listen queue for a short, growing while."""
+        self.loop.remove_reader(self.listener.fileno())
+        self.accept_pause_s = min(max(0.05, self.accept_pause_s * 2), 2.0)
+        self.accept_resume = self.loop.call_later(self.accept_pause_s, self._resume_accepting)
+        self.log_no_fds(error=errno.errorcode.get(exc.errno, exc.errno),
+                        pause=self.accept_pause_s, open=len(self.connections))
+
+    def _resume_accepting(self) -> None:
+        self.accept_resume = None
+        if not self.stopping.is_set():
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def _stop_accepting(self) -> None:
+        if self.accept_resume is not None:
+            self.accept_resume.cancel()
+        else:
+            self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()
+
+    def shed(self) -> None:
+        """Over the cap on buffered input: drop the clients holding the most of it."""
+        while self.buffered > self.max_buffered:
+            victim = max(self.connections, key=lambda c: len(c.buf))
+            size = len(victim.buf)
+            if not size:
+                return
+            victim.refuse(LimitExceeded(
+                f"the daemon holds too much unread input (over {self.max_buffered} bytes from "
+                f"all clients); this connection held the most ({size} bytes)",
+                data={"limit": self.max_buffered}))
+            self.log_shed(size=size, limit=self.max_buffered)
+
+    async def _sweep(self) -> None:
+        """Close connections past their line deadline or idle timeout."""
+        every = min(1.0, self.line_timeout_s / 4, self.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check_time(now)
+            for throttled in self.throttled:
+                throttled.flush()
 
     async def _drain(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -704,7 +883,13 @@ def _task_reply(task: asyncio.Task) -> Any:
 
 
 class _Connection(asyncio.Protocol):
-    """One client: reads lines, answers them one at a time, in order."""
+    """One client: reads lines, answers them one at a time, in order.
+
+    What it may hold of the daemon is bounded: a line must be complete within the line
+    timeout of its first byte, a connection without a request in progress (a parked
+    claim is one) is closed after the idle timeout, and its unread input counts
+    towards the daemon's cap on buffered input.
+    """
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
@@ -715,7 +900,8 @@ class _Connection(asyncio.Protocol):
         self.eof = False
         self.paused = False  # reading paused (see _flow)
         self.write_paused = False  # the client is not taking its answers fast enough
-        self.stall: asyncio.TimerHandle | None = None
+        self.partial_since: float | None = None  # when the incomplete line in buf began
+        self.last_active = time.monotonic()  # connected, or last answered
 
     # -- asyncio's callbacks --
 
@@ -729,15 +915,19 @@ class _Connection(asyncio.Protocol):
             uid = -1
         if uid != os.getuid():
             logger.bind(peer_uid=uid).warning("refused a client of another uid")
+            self.daemon.connections.discard(self)
             self.transport.write(protocol.encode(protocol.error(
                 None, RPC_INVALID_REQUEST, "only the daemon's owner may connect",
                 {"reason": "forbidden"})))
             self.transport.close()
             return
-        self.daemon.connections.add(self)
+        self.last_active = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.daemon.buffered += len(data)
+        if self.daemon.buffered > self.daemon.max_buffered:
+            self.daemon.shed()
         self.pump()
 
     def pause_writing(self) -> None:
@@ -746,7 +936,10 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.pump()
+        # Not from here: this runs inside the transport's write callback, and a close
+        # from there (a line over the limit found next, say) makes asyncio report the
+        # connection lost twice, the second time with a traceback.
+        asyncio.get_running_loop().call_soon(self.pump)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -755,7 +948,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self._cancel_stall()
+        self._release()
         self.daemon.connections.discard(self)
 
     # -- lines in, answers out --
@@ -771,7 +964,7 @@ class _Connection(asyncio.Protocol):
         try:
             while not self.busy and not self.write_paused and not self.transport.is_closing():
                 if self.daemon.stopping.is_set():
-                    self.close()  # no new requests once stopping
+                    self._turn_away()  # no new requests once stopping
                     return
                 nl = self.buf.find(b"\n")
                 if nl < 0:
@@ -780,8 +973,7 @@ class _Connection(asyncio.Protocol):
                 if nl > protocol.MAX_LINE:
                     self._over_limit()
                     return
-                line = bytes(self.buf[:nl])
-                del self.buf[:nl + 1]
+                line = self._take(nl)
                 if not line.strip():
                     continue
                 self.busy = True
@@ -790,6 +982,14 @@ class _Connection(asyncio.Protocol):
         finally:
             self.pumping = False
             self._flow()
+
+    def _take(self, nl: int) -> bytes:
+        """The line ending at ``nl``, out of the buffer."""
+        line = bytes(self.buf[:nl])
+        del self.buf[:nl + 1]
+        self.daemon.buffered -= nl + 1
+        self.partial_since = None
+        return line
 
     def _flow(self) -> None:
         """Read from the client only while it keeps up: while its answers are being
@@ -805,6 +1005,7 @@ class _Connection(asyncio.Protocol):
 
     def reply(self, message: Any) -> None:
         self.busy = False
+        self.last_active = time.monotonic()
         self.daemon.inflight -= 1
         if not self.daemon.inflight:
             self.daemon.idle.set()
@@ -816,49 +1017,85 @@ class _Connection(asyncio.Protocol):
                 self.close()
                 return
             self.transport.write(data)
-        if self.daemon.stopping.is_set() and not self.busy:
-            self.close()
-            return
         self.pump()
 
     def close(self) -> None:
-        self._cancel_stall()
         if self.transport is not None:
             self.transport.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Give back the unread input (nothing more will be read from a closing client)."""
+        self.daemon.buffered -= len(self.buf)
+        self.buf = bytearray()
+        self.partial_since = None
+
+    def refuse(self, error: OrchError) -> None:
+        """One error line, then closed."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(protocol.encode(_error_reply(None, error)))
+        self.close()
+
+    def check_time(self, now: float) -> None:
+        """Close the connection past its line deadline, or idle past the idle timeout."""
+        if self.busy or self.transport is None or self.transport.is_closing():
+            return  # a request is being answered (or parked): not waiting on the client
+        if self.partial_since is not None and not self.write_paused:
+            if now - self.partial_since >= self.daemon.line_timeout_s:
+                self.daemon.log_slow_line(limit=self.daemon.line_timeout_s)
+                self.close()
+        elif now - self.last_active >= self.daemon.idle_timeout_s:
+            # no request (or its answer not taken) for that long
+            self.daemon.log_idle(limit=self.daemon.idle_timeout_s)
+            self.close()
 
     def _partial(self) -> None:
-        """No complete line buffered: close at EOF, refuse an endless line, time a stall."""
+        """No complete line buffered: close at EOF, refuse an endless line, start the
+        line's clock."""
         if len(self.buf) > protocol.MAX_LINE:
             self._over_limit()
         elif self.eof or self.daemon.stopping.is_set():
             self.close()
-        elif self.buf:
-            if self.stall is None:
-                self.stall = asyncio.get_running_loop().call_later(
-                    self.daemon.line_timeout_s, self._stalled, len(self.buf))
-        else:
-            self._cancel_stall()
+        elif self.buf and self.partial_since is None:
+            self.partial_since = time.monotonic()
 
-    def _stalled(self, size: int) -> None:
-        self.stall = None
-        if self.busy or self.write_paused or not self.buf:
-            return  # not waiting on the client's next bytes: nothing stalled
-        if len(self.buf) != size:  # it moved on since: give it another while
-            self._partial()
-            return
-        logger.info("dropped a client that stalled mid-line")
+    def _turn_away(self) -> None:
+        """Stopping: answer each complete line without running it, so its sender knows
+        it may send it again (to the next daemon, or to the file), then close."""
+        while (nl := self.buf.find(b"\n")) >= 0:
+            line = self._take(nl)
+            if line.strip():
+                self.transport.write(protocol.encode(_error_reply(_id_of(line), Unavailable(
+                    "the daemon is stopping; the request was not carried out",
+                    data={"delivered": False}))))
         self.close()
-
-    def _cancel_stall(self) -> None:
-        if self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
 
     def _over_limit(self) -> None:
-        self.transport.write(protocol.encode(protocol.error(
-            None, 1004, f"line over {protocol.MAX_LINE} bytes",
-            {"reason": "limit", "limit": protocol.MAX_LINE})))
-        self.close()
+        self.refuse(LimitExceeded(f"line over {protocol.MAX_LINE} bytes",
+                                  data={"limit": protocol.MAX_LINE}))
+
+
+def _id_of(line: bytes) -> Any:
+    """The request's id, where one can be read (an answer then names its request)."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    id_ = message.get("id") if isinstance(message, dict) else None
+    return id_ if _plain_id(id_) else None
+
+
+def _private_file(path: str, flags: int) -> int:
+    """open()'s opener for the log: created 0600 whatever the umask, like the database.
+
+    A log left readable by an older version is made private too. Rotated files are
+    the renamed earlier ones, so they keep the mode.
+    """
+    fd = os.open(path, flags, paths.FILE_MODE)
+    st = os.fstat(fd)
+    if st.st_mode & 0o777 != paths.FILE_MODE and st.st_uid == os.getuid():
+        os.fchmod(fd, paths.FILE_MODE)
+    return fd
 
 
 def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
@@ -867,14 +1104,18 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
     logger.add(sys.stderr, level=level, format=fmt)
     if log_file is not None:
         paths.ensure_private_dir(log_file.parent)
-        logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5)
+        logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5,
+                   opener=_private_file)
 
 
 def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
         log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
-        line_timeout_s: float = LINE_TIMEOUT_S) -> int:
+        line_timeout_s: float = LINE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED) -> int:
     setup_logging(log_file, log_level)
     daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
-                    line_timeout_s=line_timeout_s, debug=log_level == "DEBUG")
+                    line_timeout_s=line_timeout_s, idle_timeout_s=idle_timeout_s,
+                    max_connections=max_connections, max_buffered=max_buffered,
+                    debug=log_level == "DEBUG")
     asyncio.run(daemon.serve())
     return 0

@@ -53,6 +53,15 @@ class Unavailable(OrchError):
     reason = "unavailable"
 
 
+class NotDelivered(Unavailable):
+    """The request never reached the daemon, or the daemon turned it away unread.
+
+    Nothing was done, so sending it again (to the daemon or to the file) is safe.
+    """
+
+    reason = "not_delivered"
+
+
 class OutcomeUnknown(Unavailable):
     """The connection was lost after the request was sent; it may or may not have run."""
 
@@ -112,6 +121,8 @@ def from_rpc(code: int, message: str, data: dict | None) -> OrchError:
     """Rebuild the domain error a daemon reported, so callers see one error type per case."""
     for cls, _, rpc in CODES:
         if rpc == code:
+            if (data or {}).get("delivered") is False:
+                cls = NotDelivered  # turned away unread: the caller may send it again
             return cls(message, data=data)
     if code in (RPC_PARSE_ERROR, RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND):
         return InvalidInput(message, data=data)

@@ -187,8 +187,8 @@ def short_tmp():
 class DaemonProcess:
     """``orch daemon`` in a subprocess on ``db`` and ``sock``; stopped at teardown."""
 
-    def __init__(self, db: Path, sock: Path, *args: str):
-        self.db, self.sock, self.args = db, sock, args
+    def __init__(self, db: Path, sock: Path, *args: str, wrap: tuple[str, ...] = ()):
+        self.db, self.sock, self.args, self.wrap = db, sock, args, tuple(wrap)
         self.proc: subprocess.Popen | None = None
         self.log = sock.with_name("daemon.log")
 
@@ -197,7 +197,7 @@ class DaemonProcess:
 
         from orchestrator.client import Client
 
-        cmd = [sys.executable, "-m", "orchestrator", "--db", str(self.db), "--socket",
+        cmd = [*self.wrap, sys.executable, "-m", "orchestrator", "--db", str(self.db), "--socket",
                str(self.sock), "daemon", "--log-file", str(self.log), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
@@ -245,12 +245,14 @@ class DaemonProcess:
 
 @pytest.fixture
 def start_daemon(short_tmp: Path):
-    """start_daemon(*extra_args, db=None) -> a running DaemonProcess."""
+    """start_daemon(*extra_args, db=None, sock=None, wrap=()) -> a running DaemonProcess
+    (``wrap``: a command that runs it, such as tests/helpers/fd_limit.py)."""
     started: list[DaemonProcess] = []
 
-    def start(*args: str, db: Path | None = None, sock: Path | None = None) -> DaemonProcess:
+    def start(*args: str, db: Path | None = None, sock: Path | None = None,
+              wrap: tuple[str, ...] = ()) -> DaemonProcess:
         d = DaemonProcess(db or short_tmp / "orch.db", sock or short_tmp / "orch.sock",
-                          "--recover-every", "0.5", *args)
+                          "--recover-every", "0.5", *args, wrap=wrap)
         started.append(d.start())
         return d
 

@@ -49,18 +49,27 @@ def serves(sock: Path, timeout: float = 5.0) -> bool:
 @pytest.fixture
 def start(start_daemon):
     """start_daemon, with the daemon's stderr pipe read as it goes: a daemon that logs a
-    lot (tracebacks of bad requests) must not block on a full pipe nobody reads."""
+    lot (tracebacks of bad requests) must not block on a full pipe nobody reads.
+    ``d.stderr_text()`` is what it wrote there (all of it once it has exited)."""
     def run(*args: str, **kw) -> DaemonProcess:
         d = start_daemon(*args, **kw)
         pipe = d.proc.stderr
+        chunks: list[str] = []
 
         def drain() -> None:
             try:
-                while pipe.read(1 << 16):
-                    pass
+                while chunk := pipe.read(1 << 16):
+                    chunks.append(chunk)
             except (ValueError, OSError):
                 pass
-        threading.Thread(target=drain, daemon=True).start()
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+
+        def stderr_text() -> str:
+            if d.proc.poll() is not None:
+                reader.join(10)
+            return "".join(chunks)
+        d.stderr_text = stderr_text
         return d
     return run
 
@@ -738,6 +747,7 @@ def test_signal_with_requests_in_flight(start, sig):
     got: list = []
     parked = claim_in_thread(d.sock, {"worker_id": "w", "queues": ["void"], "wait": 30}, got)
     acked: list[str] = []
+    turned_away: list[dict] = []
     stop = threading.Event()
 
     def spam():
@@ -746,7 +756,11 @@ def test_signal_with_requests_in_flight(start, sig):
                 for i in itertools.count():
                     if stop.is_set():
                         return
-                    if r.result("submitTask", {"queue": "spam", "key": f"k{i}"})["created"]:
+                    reply = r.call("submitTask", {"queue": "spam", "key": f"k{i}"})
+                    if "error" in reply:  # sent while stopping: answered, not run
+                        turned_away.append({"key": f"k{i}", **reply["error"]})
+                        return
+                    if reply["result"]["created"]:
                         acked.append(f"k{i}")
         except (Closed, OSError, TimeoutError, json.JSONDecodeError):
             return  # the daemon closed the connection while stopping
@@ -767,6 +781,9 @@ def test_signal_with_requests_in_flight(start, sig):
     assert wal_is_checkpointed(d.db)
     keys = {k for (k,) in rows(d.db, "SELECT key FROM items WHERE queue='spam'")}
     assert set(acked) <= keys
+    for e in turned_away:
+        assert e["code"] == 1005 and e["data"]["delivered"] is False, e
+        assert e["key"] not in keys
     doctor_ok(d.db)
 
 
@@ -819,6 +836,28 @@ def test_file_modes(short_tmp):
             f = db.with_name(db.name + suffix)
             if f.exists():
                 assert mode(f) == 0o600, f
+        assert d.log.parent == sock.parent and mode(d.log) == 0o600
+    finally:
+        assert d.stop() == 0
+
+
+def test_log_files_are_private_rotated_ones_too(short_tmp):
+    run = short_tmp / "run"
+    run.mkdir(mode=0o700)
+    log = run / "daemon.log"  # where DaemonProcess logs
+    log.write_text("left by an older orch\n")
+    os.chmod(log, 0o644)
+    os.truncate(log, 10 << 20)  # full: the daemon's first line rotates it
+    old = os.umask(0)
+    try:
+        d = DaemonProcess(short_tmp / "orch.db", run / "orch.sock").start()
+    finally:
+        os.umask(old)
+    try:
+        assert wait_until(lambda: len(list(run.glob("daemon*.log"))) == 2, 5)
+        for f in run.glob("daemon*.log"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        assert "orch daemon serving" in log.read_text()  # the new file
     finally:
         assert d.stop() == 0
 
@@ -913,3 +952,310 @@ def test_another_uid_is_refused(start, short_tmp):
     assert snapshot(d.db) == before
     assert rows(d.db, "SELECT count(*) FROM items WHERE queue='intruder'") == [(0,)]
     assert serves(d.sock)
+
+
+# --- (h) what one client may hold: a line's time, idleness, connections, input ------------------
+
+
+def log_text(d: DaemonProcess) -> str:
+    return d.log.read_text() if d.log.exists() else ""
+
+
+def served(sock: Path, timeout: float = 5.0) -> Raw:
+    """A connection the daemon has taken and answered once."""
+    r = Raw(sock, timeout=timeout)
+    try:
+        assert r.result("ping")["pong"] is True
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def test_a_line_trickled_in_is_dropped_at_its_deadline(start):
+    """Progress does not buy time: a line must end within the line timeout of its first
+    byte, however steadily the rest trickles in."""
+    d = start("--line-timeout", "1")
+    trickler = Raw(d.sock)
+    t0 = time.monotonic()
+    trickler.send(b'{"jsonrpc":"2.0","id":1,"method":"submitTask","params":{"payload":"'
+                  + b"x" * (1 << 20))
+    dropped = False
+    with served(d.sock) as other:
+        while not dropped and time.monotonic() - t0 < 6:
+            try:
+                trickler.send(b"x")
+            except OSError:
+                dropped = True
+                break
+            dropped = trickler.closed_by_peer(0.2)
+            assert other.result("ping")["pong"] is True  # served all along
+        took = time.monotonic() - t0
+        assert dropped, "a client trickling a line was never dropped"
+        assert 0.9 <= took < 3, took
+        assert other.result("submitTask", {"queue": "after"})["created"]
+    trickler.close()
+    assert rows(d.db, "SELECT count(*) FROM items WHERE queue != 'after'") == [(0,)]
+    assert wait_until(lambda: "whose line was not complete 1 s after its first byte"
+                      in log_text(d), 5), log_text(d)
+
+
+def test_idle_connections_are_closed_but_parked_claims_are_not(start):
+    d = start("--idle-timeout", "1")
+    idle = served(d.sock)
+    t0 = time.monotonic()  # its last request was answered just now
+    active = served(d.sock)
+    parked = served(d.sock, timeout=10)
+    parked.send_json({"jsonrpc": "2.0", "id": "p", "method": "claimTask",
+                      "params": {"worker_id": "w", "queues": ["nothing"], "wait": 2.5}})
+    for _ in range(6):  # a request every 0.3 s keeps a connection open
+        assert active.result("ping")["pong"] is True
+        time.sleep(0.3)
+    assert idle.closed_by_peer(3)
+    assert 0.9 <= time.monotonic() - t0 < 3
+    # the parked claim was not idle: it gets its (empty) answer when its wait ends
+    assert parked.reply(timeout=10) == {"jsonrpc": "2.0", "id": "p", "result": None}
+    assert time.monotonic() - t0 >= 2.4
+    assert parked.result("ping")["pong"] is True and active.result("ping")["pong"] is True
+    for r in (idle, active, parked):
+        r.close()
+    assert wait_until(lambda: "idle connection(s): no request for 1 s" in log_text(d), 5)
+
+
+def test_connections_over_the_cap_get_an_error_line_and_the_cli_uses_the_file(start):
+    d = start("--max-connections", "4")
+    held = []
+    for _ in range(4):  # the fixture's own first ping may take a moment to be let go
+        assert wait_until(lambda: _try_served(d.sock, held), 5)
+    extra = Raw(d.sock)
+    error = extra.reply(timeout=5)["error"]
+    assert error["code"] == LIMIT and error["data"]["reason"] == "limit"
+    assert error["data"]["limit"] == 4 and error["data"]["delivered"] is False
+    assert extra.closed_by_peer(5)
+    extra.close()
+    for r in held:  # those it holds are served meanwhile
+        assert r.result("ping")["pong"] is True
+    assert held[0].result("submitTask", {"queue": "held"})["created"]
+    # The CLI was turned away unread, so it carries the request out on the file itself.
+    p = orch_process("--socket", str(d.sock), "--json", "submit", "--queue", "cli", db=d.db)
+    assert p.returncode == 0, p.stderr
+    assert rows(d.db, "SELECT id FROM items WHERE queue='cli'") == [(p.stdout and
+                                                                    json.loads(p.stdout)["id"],)]
+    held.pop().close()  # room again
+    assert wait_until(lambda: _try_served(d.sock, held), 5)
+    for r in held:
+        r.close()
+    assert wait_until(lambda: "connection(s): 4 open, the most allowed" in log_text(d), 5)
+
+
+def _try_served(sock: Path, into: list) -> bool:
+    try:
+        into.append(served(sock, timeout=2))
+        return True
+    except (Closed, AssertionError, KeyError, OSError):
+        return False
+
+
+def test_input_buffered_past_the_cap_drops_the_client_holding_most(start):
+    d = start("--max-buffered-mib", "2")
+    small = Raw(d.sock)
+    small.send(b'{"jsonrpc":"2.0","id":"small","method":"ping"' + b" " * (600 << 10))
+    big = Raw(d.sock)
+    big.send(b'{"jsonrpc":"2.0","id":"big","method":"ping","params":{"x":"'
+             + b"x" * (1200 << 10))
+    late = Raw(d.sock)
+    try:
+        late.send(b" " * (400 << 10))  # 2.2 MiB in all: past the cap
+    except OSError:
+        pass
+    error = big.reply(timeout=5)["error"]
+    assert error["code"] == LIMIT and error["data"]["limit"] == 2 << 20, error
+    assert "unread input" in error["message"]
+    assert big.closed_by_peer(5)
+    small.send(b"}\n")  # the others keep their place and are answered
+    assert small.reply(timeout=5)["result"]["pong"] is True
+    late.send(b'{"jsonrpc":"2.0","id":"late","method":"ping"}\n')
+    assert late.reply(timeout=5)["result"]["pong"] is True
+    for r in (small, big, late):
+        r.close()
+    assert wait_until(lambda: "holding the most unread input" in log_text(d), 5)
+
+
+def test_out_of_descriptors_the_daemon_backs_off_and_recovers(start):
+    d = start(wrap=(sys.executable, str(HELPERS / "fd_limit.py"), "40"))
+    held: list[Raw] = []
+    waiting = None
+    try:
+        for _ in range(60):
+            r = Raw(d.sock, timeout=1)
+            try:
+                assert r.result("ping", timeout=1)["pong"] is True
+                held.append(r)
+            except TimeoutError:  # connected, but not taken: the daemon is out of them
+                waiting = r
+                break
+            except BaseException:
+                r.close()
+                raise
+        assert waiting is not None and len(held) >= 5, len(held)
+        time.sleep(3)  # out of descriptors all this while, with a client waiting
+        for r in held:  # those it holds are still served
+            assert r.result("ping")["pong"] is True
+        for r in held[:5]:
+            r.close()
+        del held[:5]
+        # the waiting client is taken once descriptors free up: its ping is answered
+        assert waiting.reply(timeout=5)["result"]["pong"] is True
+        with served(d.sock) as fresh:
+            assert fresh.result("ping")["pong"] is True
+    finally:
+        for r in held + ([waiting] if waiting else []):
+            r.close()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    err = d.stderr_text()
+    # one line per ten seconds at most, where it used to be thousands a second
+    lines = [x for x in err.splitlines() if "out of descriptors" in x
+             or "out of system resource" in x]
+    assert 1 <= len(lines) <= 3, (len(lines), err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+
+
+def test_line_over_4_mib_closes_the_connection_cleanly(start):
+    """The limit error, then a clean close, also when it is found as the client starts
+    taking its answers again (that path used to log AttributeError tracebacks)."""
+    d = start()
+    with Raw(d.sock) as w:  # answers of 4 MB each, more than a socket holds
+        w.result("submitMany", {"items": [{"payload": "x" * 200_000} for _ in range(20)]})
+    for _ in range(3):
+        with Raw(d.sock, timeout=10) as r:
+            data = protocol.encode({"jsonrpc": "2.0", "id": 1, "method": "listTasks",
+                                    "params": {"limit": 0}}) * 3 + b"x" * (MAX_LINE + 1024)
+
+            def send(r=r, data=data) -> None:
+                try:
+                    r.send(data)
+                except OSError:
+                    pass  # hung up on before the end: expected
+            sender = threading.Thread(target=send)
+            sender.start()
+            time.sleep(0.5)  # the answers back up: the daemon stops reading
+            for _ in range(3):
+                assert len(r.reply()["result"]) == 20
+            error = r.reply()["error"]
+            assert error["code"] == LIMIT and error["data"]["limit"] == MAX_LINE
+            assert r.closed_by_peer(5)
+            sender.join(10)
+    assert serves(d.sock)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    for text in (d.stderr_text(), log_text(d)):
+        assert "Traceback" not in text and "AttributeError" not in text, text[-3000:]
+
+
+# --- (i) the CLI when the daemon stops or restarts under it -------------------------------------
+
+
+def fake_daemon(sock: Path, db: Path, after_ping: str) -> threading.Thread:
+    """A peer on ``sock`` that answers one ping as a daemon serving ``db`` would, then,
+    on the request that follows: "gone" (closes, and stops listening), "unread" (closes
+    with the request unread), "stopping" (answers that it turned it away unread), or
+    "lost" (reads it and closes without an answer)."""
+    import select
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(8)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            f = conn.makefile("rb")
+            ping = json.loads(f.readline())
+            conn.sendall(protocol.encode(protocol.result(ping["id"], {
+                "pong": True, "now": 0, "db": str(db.resolve()), "pid": 0,
+                "mode": "daemon"})))
+            if after_ping == "gone":
+                return
+            if after_ping == "unread":
+                select.select([conn], [], [], 10)
+                return
+            request = json.loads(f.readline())
+            if after_ping == "stopping":
+                conn.sendall(protocol.encode(protocol.error(request["id"], 1005,
+                             "the daemon is stopping; the request was not carried out",
+                             {"reason": "unavailable", "delivered": False})))
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("after_ping,code", [
+    ("gone", 0), ("unread", 0), ("stopping", 0),  # provably not delivered: to the file
+    ("lost", 7),  # it may have been carried out: never sent twice
+])
+def test_cli_falls_back_to_the_file_only_when_the_daemon_provably_did_not_get_it(
+        short_tmp, after_ping, code):
+    db, sock = short_tmp / "orch.db", short_tmp / "orch.sock"
+    Orchestrator(db).close()
+    peer = fake_daemon(sock, db, after_ping)
+    p = orch_process("--socket", str(sock), "--json", "submit", "--payload", '"x"', db=db)
+    peer.join(10)
+    assert p.returncode == code, (p.stdout, p.stderr)
+    found = rows(db, "SELECT id FROM items")
+    if code == 0:
+        assert found == [(json.loads(p.stdout)["id"],)]
+    else:
+        assert p.stderr.startswith("orch: error:") and "may or may not" in p.stderr
+        assert found == []
+
+
+def test_cli_uses_the_file_when_the_socket_refuses(short_tmp):
+    import socket
+
+    db, sock = short_tmp / "orch.db", short_tmp / "orch.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))  # a socket file nobody listens on, as a killed daemon leaves
+    stale.close()
+    p = orch_process("--socket", str(sock), "--json", "submit", "--payload", '"x"', db=db)
+    assert p.returncode == 0, p.stderr
+    assert rows(db, "SELECT id FROM items") == [(json.loads(p.stdout)["id"],)]
+
+
+def test_cli_submits_while_the_daemon_restarts_all_land_exactly_once(start):
+    d = start()
+    db, sock = d.db, d.sock
+    results: list[tuple[str, subprocess.CompletedProcess]] = []
+    stop = threading.Event()
+
+    def submitter(name: str) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            tag = f"{name}-{n}"
+            results.append((tag, orch_process(
+                "--socket", str(sock), "--json", "submit", "--queue", "rs",
+                "--payload", json.dumps(tag), db=db)))
+
+    threads = [threading.Thread(target=submitter, args=(f"s{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.8)
+            assert d.stop() == 0
+            d = start(db=db, sock=sock)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    failed = [(tag, p.returncode, p.stderr) for tag, p in results if p.returncode != 0]
+    assert not failed, failed
+    assert len(results) >= 10
+    stored = dict(rows(db, "SELECT json_extract(payload, '$'), id FROM items "
+                           "WHERE queue = 'rs'"))
+    assert len(stored) == rows(db, "SELECT count(*) FROM items WHERE queue='rs'")[0][0]
+    assert stored == {tag: json.loads(p.stdout)["id"] for tag, p in results}
+    doctor_ok(db)
