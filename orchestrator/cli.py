@@ -352,7 +352,8 @@ def claim(worker_id, queues, kinds, ttl, item_id, wait) -> int:
                    "reads it from FILE's first line instead.")
 @click.option("--ttl", type=float, default=None,
               help="Each lease ends this many seconds from now (default: its claim's ttl).")
-@click.option("--worker", "worker_id", default=None, hidden=True)
+@click.option("--worker", "worker_id", default=None, hidden=True,
+              help="No longer accepted: a heartbeat names each lease with its token.")
 def heartbeat(item_id, token, token_file, lease_args, ttl, worker_id) -> int:
     """Extend a lease (ID with its token), or several (--lease ID=TOKEN ...).
 
