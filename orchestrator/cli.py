@@ -778,6 +778,52 @@ def tool_exec(goal_id, token, token_file, tool_name, input_, key, effect, ttl, w
     return 0
 
 
+@command(cli, "work", context_settings={"allow_interspersed_args": False})
+@click.option("--queue", "queues", multiple=True, help="Queue(s) to take from (default: default).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Commands run at once, each on an item of its own.")
+@click.option("--ttl", type=float, default=30.0, show_default=True,
+              help="Lease length in seconds; the lease is renewed every third of it.")
+@click.option("--max-items", type=click.IntRange(min=1), default=None,
+              help="Stop after this many items (default: run until stopped).")
+@click.option("--worker", "worker_id", default=None, help="Worker name (default: work-PID@HOST).")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM or SIGINT: seconds running commands get to finish before "
+              "they are stopped and their items requeued.")
+@click.option("--kill-after", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds between SIGTERM and SIGKILL to a stopped command.")
+@click.option("--retry-in", type=float, default=10.0, show_default=True,
+              help="Seconds before an item whose command exited 75 can be claimed again.")
+@click.argument("command_", metavar="-- COMMAND [ARGS]...", nargs=-1, required=True,
+                type=click.UNPROCESSED)
+def work(queues, concurrency, ttl, max_items, worker_id, grace, kill_after, retry_in,
+         command_) -> int:
+    """Run COMMAND once per claimed item, as long as it runs (stop with SIGTERM or Ctrl-C).
+
+    COMMAND gets the payload JSON on stdin and ORCH_ITEM_ID, ORCH_FENCE, ORCH_ATTEMPT,
+    ORCH_QUEUE, ORCH_WORKER and ORCH_TOKEN in its environment; orch work heartbeats
+    the lease while it runs. Exit 0: succeeded (stdout, if JSON, is the result).
+    Exit 75: retry later (requeued, claimable after --retry-in). Anything else:
+    failed, with the end of stderr as the error. A lost lease stops the command
+    (SIGTERM to its process group, SIGKILL after --kill-after) and releases nothing;
+    a cancel request stops it too, and the item is released cancelled.
+
+    \b
+    Example:
+      orch work --queue crawl --concurrency 4 -- ./crawl-one.sh
+    """
+    from . import work as worker
+
+    s = settings()
+    env = {name: str(Path(value).expanduser().resolve()) for name, value in
+           (("ORCH_DB", s.db), ("ORCH_SOCKET", s.socket)) if value is not None}
+    opts = worker.options(list(command_), worker_id=worker_id, queues=list(queues),
+                          concurrency=concurrency, ttl_s=ttl, max_items=max_items,
+                          grace_s=grace, kill_after_s=kill_after, retry_in_s=retry_in, env=env)
+    out(worker.run(settings().backend(), opts), worker.summary_text)
+    return 0
+
+
 def _tree(node: dict, depth: int = 0) -> list[str]:
     pad = "  " * depth
     head = (f"{pad}{node['kind']} {node['id']}  {node['status']}  key={node['key'] or '-'}  "

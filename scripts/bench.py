@@ -20,6 +20,9 @@ Sections:
   enqueue   submit_many of 100,000 items (median of 3 fresh files).
   memory    daemon peak RSS after 1,000,000 claim cycles, and its growth over the
             second half.
+  work      `orch work --concurrency 4 -- true` draining 2,000 items (submit_many),
+            through the daemon and embedded: items/s from the command's start to its
+            exit (its own start-up included), median of 3 fresh files.
 """
 
 from __future__ import annotations
@@ -440,6 +443,41 @@ def enqueue_section(n: int, repeats: int = 3) -> dict:
             "max": max(rates), "batch": batch, "runs": len(rates)}
 
 
+def work_section(n: int, repeats: int = 3, concurrency: int = 4) -> list[dict]:
+    """``orch work --max-items n --concurrency 4 -- true`` on a queue of ``n`` items,
+    through the daemon and embedded, synchronous=full: the wall time of the command."""
+    rows = []
+    for mode in ("daemon", "embedded"):
+        rates = []
+        for _ in range(repeats):
+            d = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
+            try:
+                with Orchestrator(d / "orch.db") as o:
+                    for start in range(0, n, 10_000):
+                        o.submit_many([{"payload": i} for i in range(start, min(n, start + 10_000))])
+                proc = start_daemon(d, "full") if mode == "daemon" else None
+                try:
+                    cmd = [sys.executable, "-m", "orchestrator", "--db", str(d / "orch.db"),
+                           "--socket", str(d / "s"), "--json", "work", "--max-items", str(n),
+                           "--concurrency", str(concurrency), "--", "true"]
+                    t = time.perf_counter()
+                    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+                    rates.append(n / (time.perf_counter() - t))
+                    done = json.loads(p.stdout)
+                    assert done["succeeded"] == n, done
+                finally:
+                    if proc is not None:
+                        stop_daemon(proc)
+                with Orchestrator(d / "orch.db") as o:
+                    assert o.status()["counts"]["succeeded"] == n
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        rows.append({"mode": mode, "items": n, "concurrency": concurrency,
+                     "items_per_s": statistics.median(rates), "min": min(rates),
+                     "max": max(rates), "runs": len(rates)})
+    return rows
+
+
 def _rss_kb(pid: int) -> tuple[int, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -512,7 +550,7 @@ def memory_section(cycles: int, clients: int = 4) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="cycle,recovery,scale,enqueue,memory")
+    ap.add_argument("--only", default="cycle,recovery,scale,enqueue,memory,work")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--items", type=int, default=3000, help="items per claim-cycle run")
     ap.add_argument("--rounds", type=int, default=3)
@@ -521,12 +559,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--enqueue", type=int, default=100_000)
     ap.add_argument("--memory-cycles", type=int, default=1_000_000)
+    ap.add_argument("--work-items", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args()
     if a.quick:
         a.items, a.rounds, a.recovery, a.scale, a.samples = 60, 1, 200, "100,1000", 50
-        a.enqueue, a.memory_cycles = 2000, 400
+        a.enqueue, a.memory_cycles, a.work_items = 2000, 400, 40
     only = set(a.only.split(","))
     systems = [s for s in a.systems.split(",") if s]
     report: dict = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
@@ -562,6 +601,12 @@ def main() -> None:
         print(f"memory: daemon after {r['cycles']:,} cycles ({r['seconds']:.0f} s): peak RSS "
               f"{r['peak_rss_mb']:.1f} MB; RSS at half {r['rss_at_half_mb'] or 0:.1f} MB, "
               f"at end {r['rss_at_end_mb']:.1f} MB")
+    if "work" in only:
+        report["work"] = rows = work_section(a.work_items, 1 if a.quick else 3)
+        for r in rows:
+            print(f"work: orch work --concurrency {r['concurrency']} -- true, {r['items']:,} "
+                  f"items, {r['mode']}: {r['items_per_s']:,.0f} items/s (median of "
+                  f"{r['runs']}, {r['min']:,.0f}-{r['max']:,.0f})")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 

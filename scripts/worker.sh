@@ -11,7 +11,11 @@ while claim=$(orch claim --worker "sh-$$" --queue "$queue" --ttl 30 --wait 5); d
   # Heartbeat every 10 s while the command runs; stop when the lease is lost.
   ( while sleep 10; do ORCH_TOKEN=$token orch heartbeat "$id" >/dev/null || exit; done ) &
   beat=$!
-  if printf '%s' "$claim" | jget payload | "$@"; then outcome=succeeded; else outcome=failed; fi
+  err=$(mktemp)  # the command's stderr: shown afterwards, its tail kept as the error
+  if printf '%s' "$claim" | jget payload | "$@" 2>"$err"; then outcome=succeeded; else outcome=failed; fi
   kill "$beat" 2>/dev/null
-  ORCH_TOKEN=$token orch release "$id" --outcome "$outcome"
+  cat "$err" >&2
+  error=$(tail -n 20 "$err"); rm -f "$err"
+  [ "$outcome" = failed ] || error=
+  ORCH_TOKEN=$token orch release "$id" --outcome "$outcome" ${error:+--error "$error"}
 done

@@ -29,3 +29,4 @@ def test_bench_runs_every_section(tmp_path: Path) -> None:
     assert [s["pending"] for s in report["scale"]] == [100, 1000]
     assert report["enqueue"]["items"] == 2000
     assert report["memory"]["cycles"] == 400
+    assert [(r["mode"], r["items"]) for r in report["work"]] == [("daemon", 40), ("embedded", 40)]

@@ -414,7 +414,8 @@ def test_worker_sh_runs_and_keeps_tokens_off_the_command_line(orch, db_path, tmp
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ORCH_DB": str(db_path),
            "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "LOG_DIR": str(tmp_path)}
     worker = subprocess.Popen(["sh", str(ROOT / "scripts" / "worker.sh"), "sh",
-                               "sh", "-c", "grep -q good"], env=env, start_new_session=True,
+                               "sh", "-c", "grep -q good || { echo 'no good' >&2; exit 1; }"],
+                              env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         def statuses() -> list:
@@ -425,6 +426,9 @@ def test_worker_sh_runs_and_keeps_tokens_off_the_command_line(orch, db_path, tmp
             assert worker.poll() is None, worker.stderr.read()
             time.sleep(0.1)
         assert statuses() == [("succeeded",), ("dead",)]
+        # The failing command's stderr tail is the item's error; a success has none.
+        assert db_rows(db_path, "SELECT error FROM items WHERE id IN (?, ?) ORDER BY id",
+                       (good, bad)) == [(None,), ("no good",)]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)  # it waits for more work: stop it
         worker.wait(10)
