@@ -1,6 +1,7 @@
 """orch: a per-machine task-lease orchestrator for local AI agents."""
 
-from .api import Operations, Orchestrator
+from typing import TYPE_CHECKING
+
 from .errors import (
                      Conflict,
                      Corrupt,
@@ -13,6 +14,10 @@ from .errors import (
                      SchemaTooNew,
                      Unavailable,
 )
+
+if TYPE_CHECKING:
+    from .api import Orchestrator
+    from .interface import Operations
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,3 +34,15 @@ __all__ = [
                      "SchemaTooNew",
                      "Unavailable",
 ]
+
+
+def __getattr__(name: str):
+    # Loaded on first use: the CLI and the socket client need neither the engine nor
+    # APSW, and importing them would cost every `orch` command its start-up time.
+    if name == "Orchestrator":
+        from .api import Orchestrator
+        return Orchestrator
+    if name == "Operations":
+        from .interface import Operations
+        return Operations
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

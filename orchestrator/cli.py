@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from . import __version__, paths
-from .api import Operations
+from .clock import iso
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
     LeaseLost,
@@ -28,7 +28,7 @@ from .errors import (
     OrchError,
     exit_code,
 )
-from .rules import iso
+from .interface import Operations
 from .validate import (
     CLAIM_KINDS,
     EFFECTS,
@@ -57,14 +57,17 @@ class Settings:
         file does not exist instead of making an empty one.
         """
         if self._backend is None:
-            from .api import Orchestrator
             from .client import connect
 
             client = connect(self.db, self.socket)
             # Falling back, open the file that daemon was serving.
             db = client.db if client is not None else self.db
-            self._backend = _DaemonOrFile(client, lambda: Orchestrator(
-                db, busy_budget_s=_busy_budget(), create=create))
+
+            def open_file() -> Operations:
+                from .api import Orchestrator  # the engine: only when the file is used
+
+                return Orchestrator(db, busy_budget_s=_busy_budget(), create=create)
+            self._backend = _DaemonOrFile(client, open_file)
         return self._backend
 
     def close(self) -> None:
@@ -93,6 +96,11 @@ class _DaemonOrFile(Operations):
         if self.file is None:
             self.file = self.open_file()
         return self.file._call(op, params)
+
+    def clone(self) -> _DaemonOrFile:
+        # Another thread's handle (orch work's slots): its own socket, its own file.
+        return _DaemonOrFile(self.client.clone() if self.client is not None else None,
+                             self.open_file)
 
     def close(self) -> None:
         for backend in (self.client, self.file):

@@ -8,7 +8,8 @@ resolve is told as a resolve, and a recovery is told apart from the lease's end.
 from __future__ import annotations
 
 from . import events as ev
-from .rules import PARENT_KIND, event_view, get_row, iso, lost_ancestor
+from .clock import iso
+from .rules import PARENT_KIND, event_view, get_row, lost_ancestor
 from .store import Tx
 from .validate import RESOLUTIONS
 

@@ -1,6 +1,6 @@
 """Every operation by name: the one table the API, the CLI and the daemon dispatch on."""
 
-from . import agents, explain, rules
+from . import agents, explain, protocol, rules
 
 #: operation name -> (function, writes?). The protocol's method names are these in
 #: camelCase; the Python API's methods are these names.
@@ -28,3 +28,6 @@ OPERATIONS = {
     "status": (rules.status, False),
     "ping": (rules.ping, False),
 }
+
+# Every operation is served on the wire, under the name protocol.METHODS gives it.
+assert set(protocol.METHODS.values()) == set(OPERATIONS), "protocol.METHODS and OPERATIONS differ"

@@ -15,10 +15,10 @@ import json
 import os
 import random
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from . import events as ev
+from .clock import iso
 from .errors import Conflict, InvalidInput, LeaseLost, NotFound, rpc_code
 from .store import SCHEMA_VERSION, CommitAndRaise, Rollback, Tx
 from .validate import STATUSES, claimed_through, dump_json
@@ -79,12 +79,6 @@ def backoff_ms(attempts: int) -> int:
     """Exponential backoff with jitter: half fixed, half random, capped."""
     ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** max(0, attempts - 1))
     return ceiling // 2 + int(random.random() * (ceiling - ceiling // 2))
-
-
-def iso(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def public(row: dict) -> dict[str, Any]:

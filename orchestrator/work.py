@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import validate
-from .api import Operations
 from .errors import InvalidInput, LeaseLost, OrchError, OutcomeUnknown, Unavailable
+from .interface import Operations
 
 #: The command's "try again later" (EX_TEMPFAIL): the item is requeued, not failed.
 EXIT_RETRY_LATER = 75
@@ -152,8 +152,9 @@ class Worker:
     # -- a slot: claim, run, release, again --
 
     def _slot(self) -> None:
-        api = self.api.clone()
+        api: Operations | None = None
         try:
+            api = self.api.clone()
             held = None
             while True:
                 held = held or self._claim(api)
@@ -165,7 +166,8 @@ class Worker:
             self.fatal = self.fatal or exc
             self.stop()
         finally:
-            api.close()
+            if api is not None:
+                api.close()
 
     def _ticket(self) -> bool:
         """May this slot claim one more item? (``max_items``)"""

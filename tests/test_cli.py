@@ -769,8 +769,7 @@ def test_recover_help_gives_the_installed_cron_line(cli):
      "Invalid value for '--status': 'busy' is not one of "
      + "'pending', 'running', 'succeeded', 'failed', 'dead', 'cancelled', 'unknown'."),
     (["claim", "--worker", "w", "--kind", "job"],
-     "Invalid value for '--kind': 'job' is not one of "
-     + "'task', 'session', 'goal', 'tool_execution'."),
+     "Invalid value for '--kind': 'job' is not one of 'task', 'session'."),
     (["submit", "--effect", "maybe"],
      "Invalid value for '--effect': 'maybe' is not one of 'idempotent', 'unsafe'."),
     (["daemon", "--synchronous", "off"],

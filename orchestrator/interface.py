@@ -1,0 +1,168 @@
+"""``Operations``: every public orch method, defined once.
+
+``orchestrator.api.Orchestrator`` runs them against the database file (embedded mode);
+``orchestrator.client.Client`` sends them to the daemon. Both subclass this, so they
+have the same names, parameters, results and errors by construction. This module
+imports nothing of the engine: the CLI and the socket client start without it.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+
+def _given(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if k != "self" and v is not None}
+
+
+class Operations(abc.ABC):
+    """Every orch operation. Times are seconds in, epoch milliseconds out."""
+
+    @abc.abstractmethod
+    def _call(self, op: str, params: dict[str, Any]) -> Any:
+        """Carry out operation ``op`` with raw ``params``."""
+
+    def submit_task(self, payload: Any = None, *, queue: str | None = None,
+                    priority: int | None = None, key: str | None = None,
+                    max_attempts: int | None = None, delay: float | None = None,
+                    kind: str | None = None, parent_id: int | None = None,
+                    effect: str | None = None) -> dict:
+        """Add a work item; with ``key``, return the existing one (``created: False``)."""
+        return self._call("submit_task", _given(locals()))
+
+    def submit_many(self, items: list[dict]) -> list[dict]:
+        """Submit many items (each a dict of ``submit_task`` parameters) in one transaction."""
+        return self._call("submit_many", {"items": items})
+
+    def claim_task(self, worker_id: str, queues: list[str] | str | None = None, *,
+                   ttl: float | None = None, kinds: list[str] | str | None = None,
+                   item_id: int | None = None, wait: float | None = None) -> dict | None:
+        """Claim the best claimable item (or ``item_id``) for ``worker_id``.
+
+        Returns the claim (the item plus ``token``, ``fence``, ``attempt``) or None.
+        ``wait`` seconds: block until something is claimable or the time is up.
+        """
+        return self._call("claim_task", _given(locals()))
+
+    def heartbeat(self, item_id: int | None = None, token: str | None = None, *,
+                  ttl: float | None = None, leases: list[dict] | None = None) -> dict:
+        """Extend one lease (``item_id`` and ``token``), or several in one transaction.
+
+        One lease: returns ``{id, fence, lease_expires_at, cancel_requested}``, or
+        raises (``LeaseLost`` for a stale or expired token). Several,
+        ``leases=[{"item_id": …, "token": …}, …]`` (at most 1000, each item once):
+        returns ``{"leases": [...]}`` in the order given, each entry either as above or
+        ``{id, error: {code, reason, message}}``; a refused lease changes nothing and
+        does not undo the others. ``ttl``: each lease ends that many seconds from now
+        (default: the ttl of its claim).
+        """
+        return self._call("heartbeat", _given(locals()))
+
+    def release_task(self, item_id: int, token: str, outcome: str, *, result: Any = None,
+                     error: str | None = None, retry_in: float | None = None,
+                     no_retry: bool | None = None) -> dict:
+        """End a claim: ``succeeded``, ``failed`` (retried with backoff), ``cancelled``,
+        or ``requeue``."""
+        return self._call("release_task", _given(locals()))
+
+    def release_and_claim(self, item_id: int, token: str, outcome: str, *, result: Any = None,
+                          error: str | None = None, retry_in: float | None = None,
+                          no_retry: bool | None = None, worker_id: str | None = None,
+                          queues: list[str] | str | None = None,
+                          kinds: list[str] | str | None = None, ttl: float | None = None,
+                          wait: float | None = None) -> dict:
+        """``release_task``, then claim the next item, in one transaction (one commit).
+
+        Returns ``{"released": item, "next": claim or None}``. The next claim is like
+        the released one (its worker, queue, kind and lease length) unless given.
+        ``wait`` applies to the claim only: the release is committed first.
+        """
+        return self._call("release_and_claim", _given(locals()))
+
+    def stale_recovery(self, dry_run: bool | None = None) -> dict:
+        """Fence out every expired lease and move its item on; safe to run any time."""
+        return self._call("stale_recovery", _given(locals()))
+
+    def cancel_task(self, item_id: int) -> dict:
+        """Cancel a pending item, or ask the holder of a running one to stop."""
+        return self._call("cancel_task", {"item_id": item_id})
+
+    def checkpoint(self, item_id: int, token: str, data: Any) -> dict:
+        """Store the holder's progress; the next holder gets it with its claim."""
+        return self._call("checkpoint", {"item_id": item_id, "token": token, "data": data})
+
+    def resolve_task(self, item_id: int, outcome: str) -> dict:
+        """Settle an ``unknown`` item: succeeded, failed, retry or cancelled."""
+        return self._call("resolve_task", {"item_id": item_id, "outcome": outcome})
+
+    def get_task(self, item_id: int) -> dict:
+        """One item."""
+        return self._call("get_task", {"item_id": item_id})
+
+    def list_tasks(self, status: str | None = None, queue: str | None = None,
+                   kind: str | None = None, limit: int | None = None) -> list[dict]:
+        """Items, newest first (``limit`` 100 by default, 0 for all)."""
+        return self._call("list_tasks", _given(locals()))
+
+    def list_events(self, item_id: int | None = None, since: int | None = None,
+                    limit: int | None = None) -> list[dict]:
+        """Events after sequence number ``since``, oldest first."""
+        return self._call("list_events", _given(locals()))
+
+    def verify(self, item_id: int, token: str) -> dict:
+        """Whether ``token`` is the item's live claim: ``{valid, fence, status}``."""
+        return self._call("verify", {"item_id": item_id, "token": token})
+
+    def status(self) -> dict:
+        """Counts by status, live workers and what they hold, unrecovered expired leases."""
+        return self._call("status", {})
+
+    def start_session(self, worker_id: str, *, key: str | None = None, payload: Any = None,
+                      ttl: float | None = None) -> dict:
+        """Create a session and claim it for ``worker_id``; an existing ``key`` resumes it."""
+        return self._call("start_session", _given(locals()))
+
+    def resume_session(self, session_id: int, worker_id: str, *,
+                       ttl: float | None = None) -> dict:
+        """Claim a session again once its old lease is gone; returns its last checkpoint."""
+        return self._call("resume_session", _given(locals()))
+
+    def create_goal(self, session_id: int, token: str, *, payload: Any = None,
+                    key: str | None = None, ttl: float | None = None) -> dict:
+        """A goal under the session, claimed for the session's holder (the session's
+        token is required)."""
+        return self._call("create_goal", _given(locals()))
+
+    def execute_tool_idempotent(self, goal_id: int, token: str, tool: str, input: Any = None,
+                                *, key: str | None = None, effect: str | None = None,
+                                ttl: float | None = None, wait: float | None = None) -> dict:
+        """The one execution of ``tool`` for ``key`` (default: derived from the input)
+        under the goal: created and claimed (with ``token``) the first time, else as it
+        stands (``created: False``). ``wait``: wait for a running one to finish."""
+        return self._call("execute_tool_idempotent", _given(locals()))
+
+    def replay_session(self, session_id: int) -> dict:
+        """The session, its goals and their tool executions, with their events."""
+        return self._call("replay_session", {"session_id": session_id})
+
+    def explain_task(self, item_id: int) -> dict:
+        """Why the item is where it is, in a sentence or two."""
+        return self._call("explain_task", {"item_id": item_id})
+
+    def hold(self, claim: dict, **kw: Any):
+        """Hold ``claim`` in a ``with`` block: heartbeats, release on exit (see Lease)."""
+        from .lease import Lease
+
+        return Lease(self, claim, **kw)
+
+    def clone(self) -> Operations:
+        """Another handle on the same backend, for use from another thread."""
+        raise TypeError(f"{type(self).__name__} cannot be cloned")
+
+    def ping(self) -> dict:
+        """Liveness, and which database is served."""
+        return self._call("ping", {})
+
+    def close(self) -> None:
+        """Release the connection."""
