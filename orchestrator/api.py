@@ -236,7 +236,8 @@ class Orchestrator(Operations):
 
     def doctor(self) -> dict:
         """Check the file: integrity, the event chain, that replay equals the rows, and
-        that a daemon serving the file holds its locks and the WAL that is on disk."""
+        that a daemon serving the file holds its locks and the WAL that is on disk; a
+        damaged file raises ``Corrupt``."""
         return doctor.check(self.store, self.db_path)
 
     def backup(self, dest: str | Path) -> None:

@@ -23,6 +23,7 @@ from . import __version__, paths
 from .api import Operations
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
+    Corrupt,
     LeaseLost,
     NotDelivered,
     OrchError,
@@ -653,7 +654,13 @@ def doctor() -> int:
     Example:
       orch doctor || echo "the file needs attention"
     """
-    with _existing_db() as orch:
+    from .doctor import damaged
+
+    try:
+        orch = _existing_db()
+    except Corrupt as exc:
+        raise damaged(exc, settings().db or paths.default_db()) from exc
+    with orch:
         report = orch.doctor()
 
     def text(r: dict) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import events as ev
 from . import livestate
+from .errors import Corrupt
 from .store import Store, Tx
 
 #: What an item's replayed state starts from before its ``submitted`` event sets the rest.
@@ -14,12 +15,32 @@ _ROW_FIELDS = tuple(f.removesuffix("_sha256") for f in ev.STATE_FIELDS)
 
 
 def check(store: Store, db: Path | None = None) -> dict:
-    """``db``: the file, when a daemon serving it should be checked from outside too."""
-    problems = [f"integrity_check: {p}" for p in store.integrity_problems()]
-    if db is not None:
-        problems += livestate.problems(db)
-    counts = store.read(lambda tx: _check_log(tx, problems))
+    """Integrity, the event chain, and replay against the rows; ``db``: the file, when a
+    daemon serving it should be checked from outside too.
+
+    A damaged file raises ``Corrupt`` (one line, with the way to recover): nothing
+    read from it could be trusted, so the log is not checked.
+    """
+    try:
+        damage = [line for p in store.integrity_problems() for line in p.splitlines()
+                  if not line.startswith("*** in database")]
+        if damage:
+            raise Corrupt(f"database {store.path} is damaged: integrity_check reports "
+                          f"{len(damage)} problem(s), the first: {damage[0]}")
+        problems = livestate.problems(db) if db is not None else []
+        counts = store.read(lambda tx: _check_log(tx, problems))
+    except Corrupt as exc:
+        raise damaged(exc, store.path) from exc
     return {"ok": not problems, "problems": problems, **counts}
+
+
+def damaged(exc: Corrupt, db: Path) -> Corrupt:
+    """Doctor's report of a damaged file: what SQLite said, and the way to recover."""
+    what = str(exc) if exc.__cause__ is None else \
+        f"database {db} is damaged or not a database ({exc.__cause__})"
+    return Corrupt(f"{what}; restore your last backup (orch backup makes one), or salvage "
+                   f"what is readable with the sqlite3 shell: sqlite3 {db} .recover | "
+                   "sqlite3 NEW.db, then run orch --db NEW.db doctor")
 
 
 def _check_log(tx: Tx, problems: list[str]) -> dict:
