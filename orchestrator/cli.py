@@ -648,7 +648,8 @@ def _existing_db():
 
 @command(cli)
 def doctor() -> int:
-    """Check integrity, the event hash chain, and that the rows equal the log's replay.
+    """Check integrity, the event hash chain, that the rows equal the log's replay, and
+    that every lease in the log kept the lease rules.
 
     \b
     Example:
@@ -664,8 +665,8 @@ def doctor() -> int:
         report = orch.doctor()
 
     def text(r: dict) -> str:
-        head = (f"ok: {r['items']} items, {r['events']} events, chain and replay agree"
-                if r["ok"] else f"{len(r['problems'])} problem(s):")
+        head = (f"ok: {r['items']} items, {r['events']} events; chain, replay and lease "
+                "rules hold" if r["ok"] else f"{len(r['problems'])} problem(s):")
         return "\n".join([head] + [f"  {p}" for p in r["problems"]])
     out(report, text)
     return 0 if report["ok"] else 1
