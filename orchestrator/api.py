@@ -75,8 +75,9 @@ class Orchestrator(Operations):
                             busy_budget_s=self.store.busy_budget_s, create=False)
 
     def doctor(self) -> dict:
-        """Check the file: integrity, the event chain, that replay equals the rows, and
-        that a daemon serving the file holds its locks and the WAL that is on disk."""
+        """Check the file: integrity, the event chain, that replay equals the rows, the
+        lease rules, and that a daemon serving the file holds its locks and the WAL that
+        is on disk; a damaged file raises ``Corrupt``."""
         return doctor.check(self.store, self.db_path)
 
     def backup(self, dest: str | Path) -> None:

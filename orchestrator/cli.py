@@ -23,6 +23,7 @@ from . import __version__, paths
 from .clock import iso
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
+    Corrupt,
     LeaseLost,
     NotDelivered,
     OrchError,
@@ -656,18 +657,25 @@ def _existing_db():
 
 @command(cli)
 def doctor() -> int:
-    """Check integrity, the event hash chain, and that the rows equal the log's replay.
+    """Check integrity, the event hash chain, that the rows equal the log's replay, and
+    that every lease in the log kept the lease rules.
 
     \b
     Example:
       orch doctor || echo "the file needs attention"
     """
-    with _existing_db() as orch:
+    from .doctor import damaged
+
+    try:
+        orch = _existing_db()
+    except Corrupt as exc:
+        raise damaged(exc, settings().db or paths.default_db()) from exc
+    with orch:
         report = orch.doctor()
 
     def text(r: dict) -> str:
-        head = (f"ok: {r['items']} items, {r['events']} events, chain and replay agree"
-                if r["ok"] else f"{len(r['problems'])} problem(s):")
+        head = (f"ok: {r['items']} items, {r['events']} events; chain, replay and lease "
+                "rules hold" if r["ok"] else f"{len(r['problems'])} problem(s):")
         return "\n".join([head] + [f"  {p}" for p in r["problems"]])
     out(report, text)
     return 0 if report["ok"] else 1

@@ -127,6 +127,8 @@ class Tx:
 class Store(abc.ABC):
     """A transactional home for items, workers, fences and the event log."""
 
+    path: Path  # where it lives, as errors name it
+
     @abc.abstractmethod
     def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction, retried whole while the database is busy."""
@@ -398,7 +400,7 @@ class SQLiteStore(Store):
             target.close()
 
     def integrity_problems(self) -> list[str]:
-        rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+        rows = self._guard(self.conn.execute("PRAGMA integrity_check").fetchall)
         problems = [r[0] for r in rows]
         return [] if problems == ["ok"] else problems
 

@@ -143,6 +143,20 @@ class CliResult:
         return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
 
 
+def one_error_line(r, code: int) -> str:
+    """The error contract: exit ``code``, nothing on stdout, one ``orch: error:`` line.
+
+    ``r``: a CliResult, or a CompletedProcess of orch_process.
+    """
+    if isinstance(r, subprocess.CompletedProcess):
+        r = CliResult(r.returncode, r.stdout, r.stderr)
+    assert r.code == code, r
+    assert r.out == "", r
+    assert r.err.startswith("orch: error: "), r
+    assert r.err.endswith("\n") and r.err.count("\n") == 1, r
+    return r.err
+
+
 @pytest.fixture
 def cli(db_path: Path, capsys: pytest.CaptureFixture):
     """Run ``orch`` in-process against db_path: cli("submit", "--payload", "1")."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import apsw
 import click
 import pytest
-from conftest import ROOT, CliResult, db_rows
+from conftest import ROOT, CliResult, db_rows, one_error_line
 from freezegun import freeze_time
 
 from orchestrator import InvalidInput, Orchestrator
@@ -48,15 +48,6 @@ def clock():
 def ok(r) -> None:
     assert r.code == 0, r
     assert r.err == "", r
-
-
-def one_error_line(r, code: int) -> str:
-    """The error contract: exit ``code``, nothing on stdout, one ``orch: error:`` line."""
-    assert r.code == code, r
-    assert r.out == "", r
-    assert r.err.startswith("orch: error: "), r
-    assert r.err.endswith("\n") and r.err.count("\n") == 1, r
-    return r.err
 
 
 def submit(cli, *args: str) -> int:
