@@ -10,8 +10,9 @@ from pathlib import Path
 
 from . import events as ev
 from . import livestate
+from .clock import iso
 from .errors import Corrupt
-from .rules import iso
+from .model import PARENT_KIND, Effect, EventRow, EventType
 from .store import Store, Tx
 
 #: What an item's replayed state starts from before its ``submitted`` event sets the rest.
@@ -64,7 +65,7 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
                 prev, e["seq"], e["at"], e["item_id"], e["type"], e["worker_id"],
                 e["fence"], e["detail"]):
             problems.append(f"event log: hash chain broken at event {e['seq']}")
-        if e["type"] == "claimed" and e["fence"] != e["seq"]:
+        if e["type"] == EventType.CLAIMED and e["fence"] != e["seq"]:
             problems.append(f"event {e['seq']}: a claim's fence must be its sequence number, "
                             f"found {e['fence']}")
         prev, expected_seq = e["hash"], e["seq"] + 1
@@ -104,12 +105,12 @@ NO_OVERLAP = "no two live leases on one item"
 UNDER_PARENT = "children never outlive their parent's claim"
 UNSAFE_NOT_RERUN = "a lost unsafe lease is never run again"
 
-_HOLDER_WRITES = frozenset({"heartbeat", "checkpoint", "released"})
+_HOLDER_WRITES = frozenset({EventType.HEARTBEAT, EventType.CHECKPOINT, EventType.RELEASED})
 #: Kinds whose lease is valid only under their parent's claim.
-_CHILD_KINDS = frozenset({"goal", "tool_execution"})
+_CHILD_KINDS = frozenset(PARENT_KIND)
 
 
-def lease_problems(events: Iterable[dict]) -> list[str]:
+def lease_problems(events: Iterable[EventRow]) -> list[str]:
     """Check the lease rules in one pass over the log, in sequence order.
 
     Each event is judged against the state the log gives just before it, at the
@@ -150,16 +151,16 @@ class _LeaseCheck:
         self.holding: dict[int, set[int]] = {}  # parent -> children no event has ended
         self.problems: list[tuple[int, str]] = []  # (seq, problem)
 
-    def bad(self, e: dict, it: _Item, rule: str, what: str) -> None:
+    def bad(self, e: EventRow, it: _Item, rule: str, what: str) -> None:
         text = f"event {e['seq']}: {it.name} {e['type']}: {what} [{rule}]"
         self.problems.append((e["seq"], text))
 
-    def see(self, e: dict) -> None:
+    def see(self, e: EventRow) -> None:
         type_, at = e["type"], e["at"]
-        if type_ == "submitted":
+        if type_ == EventType.SUBMITTED:
             d = json.loads(e["detail"])
             self.items[e["item_id"]] = _Item(e["item_id"], d["kind"], d["parent_id"],
-                                             d["effect"] == "unsafe")
+                                             d["effect"] == Effect.UNSAFE)
             return
         it = self.items.get(e["item_id"])
         if it is None:
@@ -173,17 +174,17 @@ class _LeaseCheck:
                          f"(fence {it.fence}) ended at {iso(it.expires)}")
             elif it.kind in _CHILD_KINDS and (gap := self.ancestor_gap(it, at)):
                 self.bad(e, it, UNDER_PARENT, gap)
-            if current and type_ == "heartbeat":
+            if current and type_ == EventType.HEARTBEAT:
                 it.expires = json.loads(e["detail"])["lease_expires_at"]
-            elif current and type_ == "released":
+            elif current and type_ == EventType.RELEASED:
                 self.end(it, e)
-        elif type_ == "claimed":
+        elif type_ == EventType.CLAIMED:
             self.claimed(it, e)
-        elif type_ in ("expired", "taken_over"):
+        elif type_ in (EventType.EXPIRED, EventType.TAKEN_OVER):
             if not current:
                 self.bad(e, it, AFTER_END, _not_current(it, e["fence"]))
                 return
-            reason = json.loads(e["detail"])["reason"] if type_ == "expired" else ""
+            reason = json.loads(e["detail"])["reason"] if type_ == EventType.EXPIRED else ""
             if reason.startswith("parent_"):
                 # Fenced out with its parent, perhaps before its own end: right once the
                 # claim it was made under has ended.
@@ -194,10 +195,10 @@ class _LeaseCheck:
                          f"(fence {it.fence}) ends at {iso(it.expires)}")
             it.lost = it.unsafe
             self.end(it, e)
-        elif type_ == "resolved":
+        elif type_ == EventType.RESOLVED:
             it.lost = False
 
-    def claimed(self, it: _Item, e: dict) -> None:
+    def claimed(self, it: _Item, e: EventRow) -> None:
         at = e["at"]
         if it.live and at < it.expires:
             self.bad(e, it, NO_OVERLAP, f"fence {e['fence']} while fence {it.fence} holds "
@@ -224,7 +225,7 @@ class _LeaseCheck:
             self.bad(e, it, UNDER_PARENT, f"claimed by {it.worker!r}, not by the holder of "
                      f"{parent.name} ({parent.worker!r})")
 
-    def end(self, it: _Item, e: dict) -> None:
+    def end(self, it: _Item, e: EventRow) -> None:
         it.live, it.ended = False, (e["seq"], e["at"], e["type"])
         if it.parent is not None and it.parent in self.holding:
             self.holding[it.parent].discard(it.id)

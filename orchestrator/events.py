@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
+from .model import JSON_COLUMNS, EventRow, ItemRow
 from .validate import dump_json
 
 GENESIS = "0" * 64
 
-#: JSON-text columns: events record their digest, never the value.
-DIGESTED = ("payload", "checkpoint", "result")
 #: Every item field an event can set, and so every field replay checks.
 STATE_FIELDS = (
     "kind", "queue", "parent_id", "key", "priority", "status", "attempts", "max_attempts",
     "run_after", "effect", "worker_id", "fence", "lease_ttl_ms", "lease_expires_at",
     "heartbeat_at", "cancel_requested", "error",
-) + tuple(f"{name}_sha256" for name in DIGESTED)
+) + tuple(f"{name}_sha256" for name in JSON_COLUMNS)
 
 # The fields each kind of transition sets.
 SUBMITTED = ("kind", "queue", "parent_id", "key", "priority", "status", "attempts",
@@ -39,11 +39,11 @@ def digest(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
-def state_of(row: dict, fields: tuple[str, ...]) -> dict[str, Any]:
+def state_of(row: ItemRow, fields: tuple[str, ...]) -> dict[str, Any]:
     """The part of an item row that ``fields`` names, as an event records it."""
     out: dict[str, Any] = {}
     for f in fields:
-        if f in DIGESTED:
+        if f in JSON_COLUMNS:  # events record their digest, never the value
             out[f"{f}_sha256"] = digest(row[f])
         else:
             out[f] = row[f]
@@ -91,7 +91,7 @@ def append(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
     return row["seq"]
 
 
-def replay(events) -> dict[int, dict[str, Any]]:
+def replay(events: Iterable[EventRow]) -> dict[int, dict[str, Any]]:
     """Fold events (in sequence order) into the state each item should have now."""
     states: dict[int, dict[str, Any]] = {}
     for ev in events:

@@ -31,6 +31,7 @@ from loguru import logger
 
 from .clock import now_ms
 from .errors import LeaseLost, OrchError
+from .model import Claim, Outcome
 
 
 def margin_s(ttl_s: float) -> float:
@@ -39,7 +40,7 @@ def margin_s(ttl_s: float) -> float:
 
 
 class Lease:
-    def __init__(self, api, claim: dict, *, heartbeat_every: float | None = None):
+    def __init__(self, api, claim: Claim, *, heartbeat_every: float | None = None):
         self.api = api
         self.claim = claim
         self.item_id: int = claim["id"]
@@ -149,10 +150,10 @@ class Lease:
         if exc_type is not None and issubclass(exc_type, LeaseLost):
             return  # fenced out: there is nothing left to release
         if exc is None:
-            self.release("succeeded", result=self.result)
+            self.release(Outcome.SUCCEEDED, result=self.result)
         elif not self.lost.is_set():
             try:
-                self.release("failed", error=f"{exc_type.__name__}: {exc}"[:4096])
+                self.release(Outcome.FAILED, error=f"{exc_type.__name__}: {exc}"[:4096])
             except OrchError as release_error:
                 logger.bind(item=self.item_id).warning("release after error failed: {}",
                                                        release_error)

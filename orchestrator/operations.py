@@ -1,6 +1,7 @@
 """Every operation by name: the one table the API, the CLI and the daemon dispatch on."""
 
-from . import agents, explain, protocol, rules
+from . import protocol, rules
+from .rules import agents, explain
 
 #: operation name -> (function, writes?). The protocol's method names are these in
 #: camelCase; the Python API's methods are these names.

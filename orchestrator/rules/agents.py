@@ -11,12 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .errors import Conflict, InvalidInput
-from .rules import claim_row, claim_task, expire, get_row, held, public, submit_task
-from .store import Tx
+from .. import defaults
+from ..errors import Conflict, InvalidInput
+from ..model import ItemRow, Kind, Reason, Status
+from ..store import Tx
+from .leases import claim_row, claim_task, held
+from .recovery import expire
+from .submit import submit_task
+from .transitions import get_row
+from .views import event_view, public
 
 
-def _expect_kind(row: dict, kind: str, field: str) -> None:
+def _expect_kind(row: ItemRow, kind: str, field: str) -> None:
     if row["kind"] != kind:
         raise InvalidInput(f"{field}: item {row['id']} is a {row['kind']}, not a {kind}",
                            data={"field": field})
@@ -26,26 +32,27 @@ def start_session(tx: Tx, now: int, *, worker_id: str, key: str | None, payload:
                   ttl: int) -> dict:
     """Create a session and claim it for ``worker_id``; an existing key resumes it."""
     if key is not None:
-        existing = tx.one("item_by_key", {"kind": "session", "queue": "default", "key": key})
+        existing = tx.one("item_by_key",
+                          {"kind": Kind.SESSION, "queue": defaults.QUEUE, "key": key})
         if existing is not None:
-            if existing["status"] not in ("pending", "running"):
+            if existing["status"] not in (Status.PENDING, Status.RUNNING):
                 return {**public(existing), "created": False, "claimed": False}  # finished
             return {**resume_session(tx, now, session_id=existing["id"], worker_id=worker_id,
                                      ttl=ttl), "created": False, "claimed": True}
-    item = submit_task(tx, now, payload=payload, queue="default", priority=0, key=key,
-                       max_attempts=None, delay=0, kind="session", parent_id=None,
+    item = submit_task(tx, now, payload=payload, queue=defaults.QUEUE, priority=0, key=key,
+                       max_attempts=None, delay=0, kind=Kind.SESSION, parent_id=None,
                        effect=None, _internal=True)
     return {**claim_row(tx, now, item["id"], worker_id, ttl), "created": True, "claimed": True}
 
 
 def resume_session(tx: Tx, now: int, *, session_id: int, worker_id: str, ttl: int) -> dict:
     """Claim a session again once its old lease is gone; the claim carries its checkpoint."""
-    _expect_kind(get_row(tx, session_id), "session", "session_id")
+    _expect_kind(get_row(tx, session_id), Kind.SESSION, "session_id")
     return claim_task(tx, now, worker_id=worker_id, queues=[], ttl=ttl, kinds=[],
                       item_id=session_id)
 
 
-def _child(tx: Tx, now: int, parent: dict, kind: str, key: str | None, payload: str,
+def _child(tx: Tx, now: int, parent: ItemRow, kind: str, key: str | None, payload: str,
            effect: str | None, ttl: int | None) -> dict:
     """The one child of ``parent`` with ``key``: created and claimed, or as it stands.
 
@@ -64,15 +71,15 @@ def _child(tx: Tx, now: int, parent: dict, kind: str, key: str | None, payload: 
                            effect=effect, _internal=True)
         return {**claim_row(tx, now, item["id"], parent["worker_id"], ttl),
                 "created": True, "claimed": True}
-    if row["status"] == "running" and row["lease_expires_at"] <= now:
-        expire(tx, now, row, "lease_expired", [], set())
+    if row["status"] == Status.RUNNING and row["lease_expires_at"] <= now:
+        expire(tx, now, row, Reason.LEASE_EXPIRED, [], set())
         row = get_row(tx, row["id"])
-    elif row["status"] == "running" and row["fence"] < parent["fence"]:
+    elif row["status"] == Status.RUNNING and row["fence"] < parent["fence"]:
         # Claimed under an earlier claim of the parent, which ended without fencing it
         # out (a file written before ending a claim fenced the children).
-        expire(tx, now, row, "parent_lease_lost", [], set())
+        expire(tx, now, row, Reason.PARENT_LEASE_LOST, [], set())
         row = get_row(tx, row["id"])
-    if row["status"] == "pending":
+    if row["status"] == Status.PENDING:
         return {**claim_row(tx, now, row["id"], parent["worker_id"], ttl),
                 "created": False, "claimed": True}
     return {**public(row), "created": False, "claimed": False}
@@ -82,8 +89,8 @@ def create_goal(tx: Tx, now: int, *, session_id: int, token: str, payload: str,
                 key: str | None, ttl: int | None) -> dict:
     """A goal under the session, claimed for the session's holder (its token returned)."""
     session = held(tx, session_id, token, now)
-    _expect_kind(session, "session", "session_id")
-    return _child(tx, now, session, "goal", key, payload, None, ttl)
+    _expect_kind(session, Kind.SESSION, "session_id")
+    return _child(tx, now, session, Kind.GOAL, key, payload, None, ttl)
 
 
 def canonical_key(tool: str, input_text: str) -> str:
@@ -101,11 +108,11 @@ def execute_tool_idempotent(tx: Tx, now: int, *, goal_id: int, token: str, tool:
     its status and result (a succeeded execution is never run again).
     """
     goal = held(tx, goal_id, token, now)
-    _expect_kind(goal, "goal", "goal_id")
+    _expect_kind(goal, Kind.GOAL, "goal_id")
     key = key or canonical_key(tool, input)
     payload = json.dumps({"tool": tool, "input": json.loads(input)},
                          separators=(",", ":"), ensure_ascii=False)
-    out = _child(tx, now, goal, "tool_execution", key, payload, effect, ttl)
+    out = _child(tx, now, goal, Kind.TOOL_EXECUTION, key, payload, effect, ttl)
     if out["payload"].get("tool") != tool:  # raising undoes any claim made above
         raise Conflict(f"key {key!r} names an execution of tool "
                        f"{out['payload'].get('tool')!r}, not {tool!r}",
@@ -116,19 +123,17 @@ def execute_tool_idempotent(tx: Tx, now: int, *, goal_id: int, token: str, tool:
 def replay_session(tx: Tx, now: int, *, session_id: int) -> dict:
     """The session, its goals and their tool executions, each with its events."""
     session = get_row(tx, session_id)
-    _expect_kind(session, "session", "session_id")
+    _expect_kind(session, Kind.SESSION, "session_id")
 
-    def node(row: dict) -> dict:
-        events = [{**e, "detail": json.loads(e["detail"])} for e in
+    def node(row: ItemRow) -> dict:
+        events = [event_view(e) for e in
                   tx.all("events_of_item", {"item_id": row["id"], "since": 0, "limit": -1})]
         children = [node(c) for c in tx.all("children", {"id": row["id"]})]
         out = {**public(row), "events": events}
-        if row["kind"] == "session":
+        if row["kind"] == Kind.SESSION:
             out["goals"] = children
-        elif row["kind"] == "goal":
+        elif row["kind"] == Kind.GOAL:
             out["tool_executions"] = children
         return out
 
     return node(session)
-
-

@@ -7,19 +7,23 @@ resolve is told as a resolve, and a recovery is told apart from the lease's end.
 
 from __future__ import annotations
 
-from . import events as ev
-from .clock import iso
-from .rules import PARENT_KIND, event_view, get_row, lost_ancestor
-from .store import Tx
-from .validate import RESOLUTIONS
+from .. import events as ev
+from ..clock import iso
+from ..model import PARENT_KIND, EventType, Kind, Outcome, Reason, Status
+from ..store import Tx
+from ..validate import RESOLUTIONS
+from .leases import lost_ancestor
+from .transitions import get_row
+from .views import event_view
 
 #: Event types that set an item's status: the last of them is why it is where it is.
-SETS_STATUS = ("submitted", "claimed", "released", "expired", "cancelled", "resolved")
+SETS_STATUS = (EventType.SUBMITTED, EventType.CLAIMED, EventType.RELEASED, EventType.EXPIRED,
+               EventType.CANCELLED, EventType.RESOLVED)
 
 FENCED_OUT = {  # expired.reason -> why the holder was fenced out before its lease ended
-    "parent_lease_lost": "its parent's lease was lost",
-    "parent_taken_over": "its parent was taken over by another worker",
-    "parent_released": "its parent was released",
+    Reason.PARENT_LEASE_LOST: "its parent's lease was lost",
+    Reason.PARENT_TAKEN_OVER: "its parent was taken over by another worker",
+    Reason.PARENT_RELEASED: "its parent was released",
 }
 
 
@@ -29,7 +33,7 @@ def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
     state = ev.replay(rows)[item_id]
     events = [event_view(r) for r in rows]
     text = explain(events, state, now, item_id)
-    if state["status"] == "running" and row["kind"] in PARENT_KIND:
+    if state["status"] == Status.RUNNING and row["kind"] in PARENT_KIND:
         lost = lost_ancestor(tx, row, now)
         if lost is not None:  # the child's own lease may look live: its holder is fenced
             ancestor, why = lost
@@ -43,34 +47,34 @@ def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
     i = max(n for n, e in enumerate(events) if e["type"] in SETS_STATUS)
     cause, before = events[i], events[:i]
     st = state["status"]
-    what = "tool execution" if state["kind"] == "tool_execution" else state["kind"]
-    if st == "running":
+    what = "tool execution" if state["kind"] == Kind.TOOL_EXECUTION else state["kind"]
+    if st == Status.RUNNING:
         return running(events[i:], before, state, now)
     said = clause(cause, before, state)
-    if cause["type"] == "resolved":
+    if cause["type"] == EventType.RESOLVED:
         return f"{st}: {said}"
     outcome = cause["detail"].get("outcome")
-    if st == "pending":
+    if st == Status.PENDING:
         if state["attempts"] == 0:
             return f"pending: {said}, not claimed yet; claimable {_in(state['run_after'], now)}"
-        after = ("failure" if outcome == "failed" else "a requeue" if outcome == "requeue"
-                 else "a lost lease")
+        after = ("failure" if outcome == Outcome.FAILED
+                 else "a requeue" if outcome == Outcome.REQUEUE else "a lost lease")
         return (f"pending: retry {_attempt(state['attempts'] + 1, state)} after {after}, "
                 f"claimable {_in(state['run_after'], now)}; {said}")
-    if st == "succeeded":
+    if st == Status.SUCCEEDED:
         return f"succeeded: after {state['attempts']} attempt(s); {said}"
-    if st == "failed":
+    if st == Status.FAILED:
         return f"failed: final, as the release asked for no retry; {said}"
-    if st == "dead":
+    if st == Status.DEAD:
         return f"dead: all {state['attempts']} of {state['max_attempts']} attempts used; {said}"
-    if st == "cancelled":
-        if cause["type"] == "cancelled":
+    if st == Status.CANCELLED:
+        if cause["type"] == EventType.CANCELLED:
             ran = (f"after {state['attempts']} attempt(s)" if state["attempts"]
                    else "before it ran")
             return f"cancelled: {ran}; {said}"
-        if outcome == "cancelled":
+        if outcome == Outcome.CANCELLED:
             return f"cancelled: by its holder; {said}"
-        asked = _last(before, "cancel_requested")
+        asked = _last(before, EventType.CANCEL_REQUESTED)
         when = f" at {iso(asked['at'])}" if asked else ""
         return f"cancelled: not retried, as a cancel was requested{when}; {said}"
     # unknown
@@ -82,7 +86,7 @@ def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
 def running(since_claim: list[dict], before: list[dict], state: dict, now: int) -> str:
     """A live or lapsed lease: the claim, then what its holder did since."""
     text = f"running: {clause(since_claim[0], before, state)}"
-    if before and before[-1]["type"] == "taken_over":
+    if before and before[-1]["type"] == EventType.TAKEN_OVER:
         text += f", after {clause(before[-1], before[:-1], state)}"
     ends = state["lease_expires_at"]
     if ends > now:
@@ -90,8 +94,9 @@ def running(since_claim: list[dict], before: list[dict], state: dict, now: int) 
     else:
         text += (f"; its lease ended {_secs(now - ends)} ago, at {iso(ends)}: the next "
                  "recovery (orch recover, or the daemon) moves it on")
-    for type_ in ("heartbeat", "checkpoint", "cancel_requested"):
-        e = _last(since_claim, type_) or (_last(before, type_) if type_ == "cancel_requested"
+    for type_ in (EventType.HEARTBEAT, EventType.CHECKPOINT, EventType.CANCEL_REQUESTED):
+        e = _last(since_claim, type_) or (_last(before, type_)
+                                          if type_ == EventType.CANCEL_REQUESTED
                                           and state["cancel_requested"] else None)
         if e is not None:
             text += f"; {clause(e, [], state)}"
@@ -103,34 +108,34 @@ def clause(e: dict, before: list[dict], state: dict) -> str:
     d, at = e["detail"], iso(e["at"])
     holder = _holder(e)
     match e["type"]:
-        case "submitted":
+        case EventType.SUBMITTED:
             later = (f" to be claimable from {iso(d['run_after'])}"
                      if d["run_after"] > e["at"] else "")
             return f"submitted at {at}{later}"
-        case "claimed":
+        case EventType.CLAIMED:
             return f"held by {holder} since {at} (attempt {_attempt(d['attempts'], state)})"
-        case "heartbeat":
+        case EventType.HEARTBEAT:
             return f"last heartbeat at {at}"
-        case "checkpoint":
+        case EventType.CHECKPOINT:
             return f"last checkpoint at {at} ({d['size']} bytes)"
-        case "cancel_requested":
+        case EventType.CANCEL_REQUESTED:
             return f"a cancel was requested at {at}; the holder sees it on its next heartbeat"
-        case "cancelled":
+        case EventType.CANCELLED:
             return f"cancelled with orch cancel at {at}, while pending"
-        case "released":
+        case EventType.RELEASED:
             error = f" ({d['error']})" if d.get("error") else ""
             return f"{holder} released it as {d['outcome']} at {at}{error}"
-        case "taken_over":
+        case EventType.TAKEN_OVER:
             return (f"{d['by']} took over the expired lease of {d['previous_worker']} "
                     f"(fence {d['previous_fence']}) at {at}")
-        case "resolved":
+        case EventType.RESOLVED:
             return (f"resolved as {d['outcome']} with orch resolve at {at}, after the lease "
                     f"of {holder} was lost")
-        case "expired":
-            if d["reason"] != "lease_expired":
+        case EventType.EXPIRED:
+            if d["reason"] != Reason.LEASE_EXPIRED:
                 return (f"{holder} was fenced out at {at} because "
                         f"{FENCED_OUT.get(d['reason'], d['reason'])}")
-            lease = _last(before, "claimed", "heartbeat")
+            lease = _last(before, EventType.CLAIMED, EventType.HEARTBEAT)
             ended = f" ended at {iso(lease['detail']['lease_expires_at'])} and" if lease else ""
             return f"the lease of {holder}{ended} was recovered at {at}"
     return f"{e['type']} at {at}"
