@@ -9,17 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from . import clock, doctor, paths, rules, validate
+from . import clock, defaults, doctor, paths, rules, validate
 from .interface import Operations
 from .operations import OPERATIONS
-from .store import DEFAULT_BUSY_BUDGET_S, SQLiteStore
+from .registry import BY_NAME
+from .store import SQLiteStore
 
 #: Operations that can wait, and when their result is final.
 WAITS: dict[str, Callable[[Any], bool]] = {
-    "claim_task": lambda claim: claim is not None,
-    # an execution someone else is running: wait for its outcome
-    "execute_tool_idempotent": lambda out: out["claimed"] or out["status"] != "running",
-}
+    name: op.settled for name, op in BY_NAME.items() if op.settled is not None}
 
 
 class Orchestrator(Operations):
@@ -28,7 +26,7 @@ class Orchestrator(Operations):
     mode = "embedded"
 
     def __init__(self, db: str | Path | None = None, *, synchronous: str = "full",
-                 busy_budget_s: float = DEFAULT_BUSY_BUDGET_S, create: bool = True,
+                 busy_budget_s: float = defaults.BUSY_BUDGET_S, create: bool = True,
                  init: bool = False):
         """Open ``db`` (default: the per-user file). A missing file is created unless
         ``create`` is False (NotFound then); a file without orch's schema, an empty one

@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from .model import Claim, Event, Item
+
 
 def _given(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k != "self" and v is not None}
@@ -37,7 +39,7 @@ class Operations(abc.ABC):
 
     def claim_task(self, worker_id: str, queues: list[str] | str | None = None, *,
                    ttl: float | None = None, kinds: list[str] | str | None = None,
-                   item_id: int | None = None, wait: float | None = None) -> dict | None:
+                   item_id: int | None = None, wait: float | None = None) -> Claim | None:
         """Claim the best claimable item (or ``item_id``) for ``worker_id``.
 
         Returns the claim (the item plus ``token``, ``fence``, ``attempt``) or None.
@@ -61,7 +63,7 @@ class Operations(abc.ABC):
 
     def release_task(self, item_id: int, token: str, outcome: str, *, result: Any = None,
                      error: str | None = None, retry_in: float | None = None,
-                     no_retry: bool | None = None) -> dict:
+                     no_retry: bool | None = None) -> Item:
         """End a claim: ``succeeded``, ``failed`` (retried with backoff), ``cancelled``,
         or ``requeue``."""
         return self._call("release_task", _given(locals()))
@@ -84,7 +86,7 @@ class Operations(abc.ABC):
         """Fence out every expired lease and move its item on; safe to run any time."""
         return self._call("stale_recovery", _given(locals()))
 
-    def cancel_task(self, item_id: int) -> dict:
+    def cancel_task(self, item_id: int) -> Item:
         """Cancel a pending item, or ask the holder of a running one to stop."""
         return self._call("cancel_task", {"item_id": item_id})
 
@@ -92,21 +94,22 @@ class Operations(abc.ABC):
         """Store the holder's progress; the next holder gets it with its claim."""
         return self._call("checkpoint", {"item_id": item_id, "token": token, "data": data})
 
-    def resolve_task(self, item_id: int, outcome: str) -> dict:
+    def resolve_task(self, item_id: int, outcome: str) -> Item:
         """Settle an ``unknown`` item: succeeded, failed, retry or cancelled."""
         return self._call("resolve_task", {"item_id": item_id, "outcome": outcome})
 
-    def get_task(self, item_id: int) -> dict:
+    def get_task(self, item_id: int) -> Item:
         """One item."""
         return self._call("get_task", {"item_id": item_id})
 
     def list_tasks(self, status: str | None = None, queue: str | None = None,
-                   kind: str | None = None, limit: int | None = None) -> list[dict]:
-        """Items, newest first (``limit`` 100 by default, 0 for all)."""
+                   kind: str | None = None, limit: int | None = None) -> list[Item]:
+        """Items, newest first (at most ``limit``, ``defaults.LIST_LIMIT`` unless given;
+        0 for all)."""
         return self._call("list_tasks", _given(locals()))
 
     def list_events(self, item_id: int | None = None, since: int | None = None,
-                    limit: int | None = None) -> list[dict]:
+                    limit: int | None = None) -> list[Event]:
         """Events after sequence number ``since``, oldest first."""
         return self._call("list_events", _given(locals()))
 
@@ -150,7 +153,7 @@ class Operations(abc.ABC):
         """Why the item is where it is, in a sentence or two."""
         return self._call("explain_task", {"item_id": item_id})
 
-    def hold(self, claim: dict, **kw: Any):
+    def hold(self, claim: Claim, **kw: Any):
         """Hold ``claim`` in a ``with`` block: heartbeats, release on exit (see Lease)."""
         from .lease import Lease
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .registry import BY_NAME
 from .validate import MAX_DEPTH
 
 MAX_LINE = 4 << 20  # bytes, newline excluded
@@ -12,20 +13,9 @@ MAX_LINE = 4 << 20  # bytes, newline excluded
 MAX_MESSAGE_DEPTH = MAX_DEPTH + 3
 
 
-#: Protocol method -> operation: the wire names clients already speak.
-METHODS: dict[str, str] = {
-    "submitTask": "submit_task", "submitMany": "submit_many", "claimTask": "claim_task",
-    "heartbeat": "heartbeat", "releaseTask": "release_task",
-    "releaseAndClaim": "release_and_claim",
-    "staleRecovery": "stale_recovery", "cancelTask": "cancel_task",
-    "checkpoint": "checkpoint", "resolveTask": "resolve_task", "getTask": "get_task",
-    "listTasks": "list_tasks", "listEvents": "list_events", "status": "status",
-    "verify": "verify", "ping": "ping", "startSession": "start_session",
-    "resumeSession": "resume_session", "createGoal": "create_goal",
-    "executeToolIdempotent": "execute_tool_idempotent", "replaySession": "replay_session",
-    "explainTask": "explain_task",
-}
-OP_METHOD = {op: method for method, op in METHODS.items()}
+#: Protocol method -> operation, and back (see ``registry``).
+METHODS: dict[str, str] = {op.wire: op.name for op in BY_NAME.values()}
+OP_METHOD: dict[str, str] = {op.name: op.wire for op in BY_NAME.values()}
 
 
 # Made once: json.dumps builds a new encoder at every call when given options.

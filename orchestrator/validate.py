@@ -1,6 +1,7 @@
 """Input checking for every operation, shared by the Python API, the CLI and the daemon.
 
-Each operation declares its parameters once; ``check(op, params)`` returns them
+Each operation's parameters are a ``Spec`` of the checkers here, in its record in
+``registry``; ``check(op, params)`` returns them
 normalised (JSON values as canonical text, seconds as milliseconds) or raises
 ``InvalidInput`` / ``LimitExceeded`` naming the field and the limit. Nothing is written
 before a request has passed here.
@@ -14,7 +15,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from . import defaults, model
 from .errors import InvalidInput, LimitExceeded
+from .model import Effect, Kind, Outcome, Resolution, Status
 
 MAX_VALUE_BYTES = 1 << 20  # payload, result, checkpoint, input, error
 MAX_RAW_TEXT_BYTES = 4 << 20  # JSON as typed, before it is made compact
@@ -23,20 +26,18 @@ MAX_KEY_BYTES = 512
 MAX_TTL_S = 86_400
 MAX_DELAY_S = 10 * 365 * 86_400
 MAX_WORKER_CHARS = 128
-DEFAULT_TTL_MS = 30_000
+DEFAULT_TTL_MS = round(defaults.TTL_S * 1000)
 MAX_TOOL_BYTES = 128
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
-KINDS = ("task", "session", "goal", "tool_execution")
-#: What a claim may hand out: goals and tool executions are claimed only for their
-#: parent's holder, when it creates (or takes back) them under its own lease.
-CLAIM_KINDS = ("task", "session")
-#: The kinds submit makes: goals and tool executions are made under their parent's lease.
-SUBMIT_KINDS = ("task", "session")
-EFFECTS = ("idempotent", "unsafe")
-STATUSES = ("pending", "running", "succeeded", "failed", "dead", "cancelled", "unknown")
-OUTCOMES = ("succeeded", "failed", "cancelled", "requeue")
-RESOLUTIONS = ("succeeded", "failed", "retry", "cancelled")
+# The value sets as plain strings (click matches an enum choice by its member name).
+KINDS = tuple(k.value for k in Kind)
+CLAIM_KINDS = tuple(k.value for k in model.CLAIM_KINDS)
+SUBMIT_KINDS = tuple(k.value for k in model.SUBMIT_KINDS)
+EFFECTS = tuple(e.value for e in Effect)
+STATUSES = tuple(s.value for s in Status)
+OUTCOMES = tuple(o.value for o in Outcome)
+RESOLUTIONS = tuple(r.value for r in Resolution)
 _QUEUE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -279,163 +280,83 @@ def optional(inner: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return check
 
 
-# --- the parameters of every operation ------------------------------------------------
+# --- the parameters of an operation ----------------------------------------------------
 
-SUBMIT = {
-    "payload": (json_value, "null"),  # defaults are given normalised
-    "queue": (queue, "default"),
-    "priority": (integer(), 0),
-    "key": (optional(key), None),
-    "max_attempts": (optional(integer(0, 1_000_000)), None),
-    "delay": (delay, 0),
-    "kind": (choice(KINDS), "task"),
-    "parent_id": (optional(item_id), None),
-    "effect": (optional(choice(EFFECTS)), None),
-}
+#: A field's checker and its default (given normalised; REQUIRED: the caller must give it).
+Field = tuple[Callable[[str, Any], Any], Any]
 
-RELEASE = {
-    "item_id": (item_id, REQUIRED),
-    "token": (token, REQUIRED),
-    "outcome": (choice(OUTCOMES), REQUIRED),
-    "result": (json_value, None),
-    "error": (optional(error_text), None),
-    "retry_in": (optional(delay), None),
-    "no_retry": (boolean, False),
-}
 
-PARAMS: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
-    "submit_task": SUBMIT,
-    "claim_task": {
-        "worker_id": (worker, REQUIRED),
-        "queues": (list_of(queue), ["default"]),
-        "ttl": (ttl, DEFAULT_TTL_MS),
-        "kinds": (list_of(claim_kind), ["task"]),
-        "item_id": (optional(item_id), None),
-        "wait": (delay, 0),
-    },
-    "heartbeat": {
-        "item_id": (optional(item_id), None),
-        "token": (optional(token), None),
-        "ttl": (optional(ttl), None),
-        "leases": (optional(leases), None),
-    },
-    "release_task": RELEASE,
-    "release_and_claim": {
-        **RELEASE,
-        # the next claim: by default like the released one (see rules.next_claim)
-        "worker_id": (optional(worker), None),
-        "queues": (optional(list_of(queue)), None),
-        "kinds": (optional(list_of(claim_kind)), None),
-        "ttl": (optional(ttl), None),
-        "wait": (delay, 0),
-    },
-    "stale_recovery": {"dry_run": (boolean, False)},
-    "cancel_task": {"item_id": (item_id, REQUIRED)},
-    "checkpoint": {
-        "item_id": (item_id, REQUIRED),
-        "token": (token, REQUIRED),
-        "data": (json_value, REQUIRED),
-    },
-    "resolve_task": {
-        "item_id": (item_id, REQUIRED),
-        "outcome": (choice(RESOLUTIONS), REQUIRED),
-    },
-    "get_task": {"item_id": (item_id, REQUIRED)},
-    "list_tasks": {
-        "status": (optional(choice(STATUSES)), None),
-        "queue": (optional(queue), None),
-        "kind": (optional(choice(KINDS)), None),
-        "limit": (integer(0, 1_000_000_000), 100),
-    },
-    "list_events": {
-        "item_id": (optional(item_id), None),
-        "since": (integer(0), 0),
-        "limit": (integer(0, 1_000_000_000), 1000),
-    },
-    "verify": {"item_id": (item_id, REQUIRED), "token": (token, REQUIRED)},
-    "start_session": {
-        "worker_id": (worker, REQUIRED),
-        "key": (optional(key), None),
-        "payload": (json_value, "null"),
-        "ttl": (ttl, DEFAULT_TTL_MS),
-    },
-    "resume_session": {
-        "session_id": (item_id, REQUIRED),
-        "worker_id": (worker, REQUIRED),
-        "ttl": (ttl, DEFAULT_TTL_MS),
-    },
-    "create_goal": {
-        "session_id": (item_id, REQUIRED),
-        "token": (token, REQUIRED),
-        "payload": (json_value, "null"),
-        "key": (optional(key), None),
-        "ttl": (optional(ttl), None),
-    },
-    "execute_tool_idempotent": {
-        "goal_id": (item_id, REQUIRED),
-        "token": (token, REQUIRED),
-        "tool": (text(MAX_TOOL_BYTES), REQUIRED),
-        "input": (json_value, "null"),
-        "key": (optional(key), None),
-        "effect": (optional(choice(EFFECTS)), None),
-        "ttl": (optional(ttl), None),
-        "wait": (delay, 0),
-    },
-    "replay_session": {"session_id": (item_id, REQUIRED)},
-    "explain_task": {"item_id": (item_id, REQUIRED)},
-    "status": {},
-    "ping": {},
-}
+class Spec:
+    """One operation's parameters: ``{name: (checker, default)}``.
+
+    ``retired``: parameters it no longer takes, each with what to do instead, so a
+    caller still sending one learns that rather than reading "unknown parameter".
+    """
+
+    def __init__(self, fields: dict[str, Field], *, retired: dict[str, str] | None = None):
+        self.fields = fields
+        self.retired = retired or {}
+        # Worked out once: the defaults, the required names, the list defaults.
+        self.defaults = {n: d for n, (_, d) in fields.items()}
+        self.required = [n for n, (_, d) in fields.items() if d is REQUIRED]
+        self.list_defaults = [n for n, (_, d) in fields.items() if isinstance(d, list)]
+
+    def check(self, params: dict[str, Any]) -> dict[str, Any]:
+        fields = self.fields
+        out = dict(self.defaults)
+        for name, v in params.items():
+            entry = fields.get(name)
+            if entry is None and name in self.retired:
+                raise InvalidInput(self.retired[name], data={"field": name})
+            if entry is None:
+                raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
+            if v is not None:
+                out[name] = entry[0](name, v)
+        for name in self.required:
+            if out[name] is REQUIRED:
+                raise InvalidInput(f"{name}: required", data={"field": name})
+        for name in self.list_defaults:  # never hand out the shared default list itself
+            if out[name] is fields[name][1]:
+                out[name] = list(out[name])
+        return out
+
 
 MAX_BATCH = 10_000
 
-#: Parameters an operation no longer takes, and why: a caller still sending one learns
-#: what to do instead rather than reading "unknown parameter".
-RETIRED = {
-    ("heartbeat", "worker_id"): (
-        "worker_id: no longer accepted: a heartbeat by worker name would keep the leases "
-        "of a dead process alive for a new one reusing its name; present each lease as "
-        "item_id and token (leases=[{item_id, token}, ...] for several)"),
-}
 
+class Batch(Spec):
+    """A list of another operation's parameters under one name (``submit_many``'s items)."""
 
-def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``params`` for operation ``op``; return them normalised, defaults filled."""
-    if op == "submit_many":
-        items = params.get("items")
-        if set(params) - {"items"} or not isinstance(items, list):
-            raise InvalidInput("items: expected a list of submit parameters",
-                               data={"field": "items"})
+    def __init__(self, name: str, each: Spec, what: str):
+        super().__init__({name: (lambda field, v: v, REQUIRED)})
+        self.name, self.each, self.what = name, each, what
+
+    def check(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = self.name
+        items = params.get(name)
+        if set(params) - {name} or not isinstance(items, list):
+            raise InvalidInput(f"{name}: expected a list of {self.what}", data={"field": name})
         if len(items) > MAX_BATCH:
-            raise LimitExceeded(f"items: at most {MAX_BATCH} per call",
-                                data={"field": "items", "limit": MAX_BATCH})
-        return {"items": [check("submit_task", p) if isinstance(p, dict)
-                          else _not_object(f"items[{i}]") for i, p in enumerate(items)]}
-    spec = PARAMS[op]
-    out = dict(_DEFAULTS[op])
-    for name, v in params.items():
-        entry = spec.get(name)
-        if entry is None and (op, name) in RETIRED:
-            raise InvalidInput(RETIRED[op, name], data={"field": name})
-        if entry is None:
-            raise InvalidInput(f"{name}: unknown parameter", data={"field": name})
-        if v is not None:
-            out[name] = entry[0](name, v)
-    for name in _REQUIRED[op]:
-        if out[name] is REQUIRED:
-            raise InvalidInput(f"{name}: required", data={"field": name})
-    for name in _LIST_DEFAULTS[op]:  # never hand out the shared default list itself
-        if out[name] is spec[name][1]:
-            out[name] = list(out[name])
-    return out
-
-
-# Per operation, worked out once: the defaults, the required names, the list defaults.
-_DEFAULTS = {op: {n: d for n, (_, d) in spec.items()} for op, spec in PARAMS.items()}
-_REQUIRED = {op: [n for n, (_, d) in spec.items() if d is REQUIRED] for op, spec in PARAMS.items()}
-_LIST_DEFAULTS = {op: [n for n, (_, d) in spec.items() if isinstance(d, list)]
-                  for op, spec in PARAMS.items()}
+            raise LimitExceeded(f"{name}: at most {MAX_BATCH} per call",
+                                data={"field": name, "limit": MAX_BATCH})
+        return {name: [self.each.check(p) if isinstance(p, dict)
+                       else _not_object(f"{name}[{i}]") for i, p in enumerate(items)]}
 
 
 def _not_object(field: str):
     raise InvalidInput(f"{field}: expected an object", data={"field": field})
+
+
+_SPECS: dict[str, Spec] = {}
+
+
+def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` for operation ``op``; return them normalised, defaults filled."""
+    spec = _SPECS.get(op)
+    if spec is None:
+        # Each operation's parameters are in its registry record, which is made of the
+        # checkers above: looked up on first use, as that module imports this one.
+        from .registry import BY_NAME
+
+        spec = _SPECS[op] = BY_NAME[op].params
+    return spec.check(params)
