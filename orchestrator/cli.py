@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from . import __version__, paths
-from .clock import iso
+from . import __version__, defaults, paths
+from . import formatting as fmt
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
     Corrupt,
@@ -112,7 +112,7 @@ class _DaemonOrFile(Operations):
 def _busy_budget() -> float:
     raw = os.environ.get("ORCH_BUSY_TIMEOUT")
     try:
-        return float(raw) if raw else 10.0
+        return float(raw) if raw else defaults.BUSY_BUDGET_S
     except ValueError:
         raise click.UsageError(f"ORCH_BUSY_TIMEOUT: not a number of seconds: {raw!r}") from None
 
@@ -155,7 +155,7 @@ def command(group: click.Group, name: str | None = None, **kw: Any):
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=None, separators=(",", ":")))
+    click.echo(fmt.json_text(value))
 
 
 def out(value: Any, text: Callable[[Any], str] | str) -> None:
@@ -165,58 +165,12 @@ def out(value: Any, text: Callable[[Any], str] | str) -> None:
         click.echo(text(value) if callable(text) else text)
 
 
-def until(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    delta = (ms - int(time.time() * 1000)) / 1000
-    rel = f"in {delta:.1f} s" if delta >= 0 else f"{-delta:.1f} s ago"
-    return f"{iso(ms)} ({rel})"
-
-
-def aligned(pairs: list[tuple[str, Any]]) -> str:
-    width = max(len(k) for k, _ in pairs)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs)
-
-
-def compact(value: Any, limit: int = 60) -> str:
-    if value is None:
-        return "-"
-    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def item_text(item: dict) -> str:
-    pairs = [(k, item[k]) for k in ("id", "kind", "queue", "status")]
-    pairs += [
-        ("priority", item["priority"]),
-        ("attempts", f"{item['attempts']} of {item['max_attempts'] or 'unlimited'}"),
-        ("effect", item["effect"]),
-        ("parent_id", item["parent_id"] or "-"),
-        ("key", item["key"] or "-"),
-        ("run_after", until(item["run_after"]) if item["status"] == "pending" else "-"),
-        ("worker_id", item["worker_id"] or "-"),
-        ("fence", item["fence"] if item["fence"] is not None else "-"),
-        ("lease_expires_at", until(item["lease_expires_at"])),
-        ("heartbeat_at", iso(item["heartbeat_at"])),
-        ("cancel_requested", "yes" if item["cancel_requested"] else "no"),
-        ("created_at", iso(item["created_at"])),
-        ("updated_at", iso(item["updated_at"])),
-        ("payload", compact(item["payload"], 200)),
-        ("checkpoint", compact(item["checkpoint"], 200)),
-        ("result", compact(item["result"], 200)),
-        ("error", item["error"] or "-"),
-    ]
-    return aligned(pairs)
-
-
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [header] + [[("-" if c is None else str(c)) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
-
 def json_arg(field: str, text: str | None) -> Any:
     return None if text is None else parse_json_text(field, text)
+
+
+#: --ttl of the commands that claim.
+TTL_HELP = f"Lease length in seconds (default {defaults.TTL_S:g})."
 
 
 # --- tokens: on the command line, in a file, or in ORCH_TOKEN -----------------------------
@@ -289,12 +243,12 @@ def init() -> int:
     with Orchestrator(s.db, busy_budget_s=_busy_budget(), init=True) as orch:
         st = orch.status()
         info = {"db": str(orch.db_path), "schema_version": st["schema_version"]}
-    out(info, lambda i: f"database ready: {i['db']} (schema {i['schema_version']})")
+    out(info, fmt.init_text)
     return 0
 
 
 @command(cli)
-@click.option("--queue", default=None, help="Queue name (default: default).")
+@click.option("--queue", default=None, help=f"Queue name (default: {defaults.QUEUE}).")
 @click.option("--payload", default=None, help="The work's input, as JSON.")
 @click.option("--payload-file", type=click.File("r"), default=None,
               help="Read the payload JSON from a file, or - for stdin.")
@@ -322,17 +276,17 @@ def submit(queue, payload, payload_file, priority, key, max_attempts, delay, kin
     item = settings().backend().submit_task(
         json_arg("payload", text), queue=queue, priority=priority, key=key,
         max_attempts=max_attempts, delay=delay, kind=kind, parent_id=parent_id, effect=effect)
-    out(item, lambda i: (f"{'submitted' if i['created'] else 'exists'}: item {i['id']} "
-                         f"({i['kind']}, queue {i['queue']}, {i['status']})"))
+    out(item, fmt.submitted_text)
     return 0
 
 
 @command(cli)
 @click.option("--worker", "worker_id", required=True, help="Who is claiming.")
-@click.option("--queue", "queues", multiple=True, help="Queue(s) to take from (default: default).")
+@click.option("--queue", "queues", multiple=True,
+              help=f"Queue(s) to take from (default: {defaults.QUEUE}).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(CLAIM_KINDS),
-              help="Kind(s) to take (default: task).")
-@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+              help=f"Kind(s) to take (default: {defaults.KIND}).")
+@click.option("--ttl", type=float, default=None, help=TTL_HELP)
 @click.option("--item", "item_id", type=int, default=None,
               help="Claim this item (or take over its expired lease).")
 @click.option("--wait", type=float, default=None, help="Seconds to wait for an item.")
@@ -387,15 +341,8 @@ def heartbeat(item_id, token, token_file, lease_args, ttl, worker_id) -> int:
         raise click.UsageError(f"give ID with its token ({TOKEN_SOURCES}), "
                                "or --lease ID=TOKEN")
     r = settings().backend().heartbeat(item_id, the_token(token, token_file), ttl=ttl)
-    out(r, lease_line)
+    out(r, fmt.lease_line)
     return 0
-
-
-def lease_line(r: dict) -> str:
-    if "error" in r:
-        return f"item {r['id']}: refused: {r['error']['message']}"
-    cancel = "; cancel requested" if r["cancel_requested"] else ""
-    return f"item {r['id']}: lease until {until(r['lease_expires_at'])}{cancel}"
 
 
 def lease_arg(i: int, arg: str) -> dict:
@@ -418,7 +365,7 @@ def lease_arg(i: int, arg: str) -> dict:
 
 def heartbeat_many(leases: list[dict], ttl: float | None) -> int:
     r = settings().backend().heartbeat(leases=leases, ttl=ttl)
-    out(r, lambda r: "\n".join(lease_line(x) for x in r["leases"]))
+    out(r, fmt.leases_text)
     refused = [x["id"] for x in r["leases"] if "error" in x]
     if not refused:
         return 0
@@ -447,13 +394,7 @@ def release(item_id, token, token_file, outcome, result, error, retry_in, no_ret
     item = settings().backend().release_task(
         item_id, the_token(token, token_file), outcome, result=json_arg("result", result),
         error=error, retry_in=retry_in, no_retry=no_retry or None)
-
-    def text(i: dict) -> str:
-        s = f"item {i['id']}: {i['status']}"
-        if i["status"] == "pending":
-            s += f", claimable {until(i['run_after'])}"
-        return s
-    out(item, text)
+    out(item, fmt.released_text)
     return 0
 
 
@@ -468,14 +409,7 @@ def recover(dry_run) -> int:
       * * * * * "$HOME/.local/bin/orch" recover >/dev/null 2>>"$HOME/.openclaw/logs/recover.log"
     """
     r = settings().backend().stale_recovery(dry_run=dry_run or None)
-
-    def text(r: dict) -> str:
-        verb = "would recover" if r["dry_run"] else "recovered"
-        lines = [f"{verb} {r['count']} item(s)"]
-        lines += [f"  item {x['id']} ({x['kind']}, {x['worker_id']}, fence {x['fence']}): "
-                  f"-> {x['status']} [{x['reason']}]" for x in r["recovered"]]
-        return "\n".join(lines)
-    out(r, text)
+    out(r, fmt.recovered_text)
     return 0
 
 
@@ -489,8 +423,7 @@ def cancel(item_id) -> int:
       orch cancel 42
     """
     item = settings().backend().cancel_task(item_id)
-    out(item, lambda i: f"item {i['id']}: cancel requested, the holder sees it on its next "
-        "heartbeat" if i["status"] == "running" else f"item {i['id']}: {i['status']}")
+    out(item, fmt.cancelled_text)
     return 0
 
 
@@ -507,7 +440,7 @@ def checkpoint_cmd(item_id, token, token_file, data) -> int:
     """
     r = settings().backend().checkpoint(item_id, the_token(token, token_file),
                                         json_arg("data", data))
-    out(r, lambda r: f"item {r['id']}: checkpoint saved")
+    out(r, fmt.checkpointed_text)
     return 0
 
 
@@ -524,7 +457,7 @@ def resolve(item_id, outcome) -> int:
       orch resolve 42 --outcome retry
     """
     item = settings().backend().resolve_task(item_id, outcome)
-    out(item, lambda i: f"item {i['id']}: {i['status']}")
+    out(item, fmt.status_line)
     return 0
 
 
@@ -539,8 +472,7 @@ def verify(item_id, token, token_file) -> int:
       orch verify 42 --token "$token" && do-the-side-effect
     """
     r = settings().backend(create=False).verify(item_id, the_token(token, token_file))
-    out(r, lambda r: f"{'valid' if r['valid'] else 'not valid'}: item {item_id} is "
-        f"{r['status']}, fence {r['fence']}")
+    out(r, lambda r: fmt.verified_text(r, item_id))
     return 0 if r["valid"] else exit_code(LeaseLost())
 
 
@@ -552,29 +484,8 @@ def status() -> int:
     Example:
       orch status
     """
-    st = settings().backend(create=False).status()
-
-    def text(st: dict) -> str:
-        lines = ["items:  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items())]
-        lines.append(f"fence:  {st['fence']}")
-        lines.append(f"workers ({len(st['workers'])} live):")
-        rows = [[w["worker_id"], until(w["lease_expires_at"]),
-                 ",".join(map(str, w["holding"])) or "-"] for w in st["workers"]]
-        if rows:
-            lines.append(_indent(table(rows, ["worker", "registered until", "holding"])))
-        lines.append(f"expired leases not yet recovered: {len(st['expired_leases'])}")
-        rows = [[x["id"], x["kind"], x["queue"], x["worker_id"], x["fence"],
-                 until(x["lease_expires_at"])] for x in st["expired_leases"]]
-        if rows:
-            lines.append(_indent(table(rows, ["id", "kind", "queue", "worker", "fence",
-                                              "expired"])))
-        return "\n".join(lines)
-    out(st, text)
+    out(settings().backend(create=False).status(), fmt.status_text)
     return 0
-
-
-def _indent(s: str) -> str:
-    return "\n".join("  " + line for line in s.splitlines())
 
 
 @command(cli, "ls")
@@ -583,7 +494,8 @@ def _indent(s: str) -> str:
 @click.option("--queue", default=None, help="Only items in this queue.")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
               help="Only items of this kind.")
-@click.option("--limit", type=int, default=None, help="Default 100; 0 for all.")
+@click.option("--limit", type=int, default=None,
+              help=f"Default {defaults.LIST_LIMIT}; 0 for all.")
 def ls(status_, queue, kind, limit) -> int:
     """List items, newest first.
 
@@ -591,13 +503,8 @@ def ls(status_, queue, kind, limit) -> int:
     Example:
       orch ls --status running
     """
-    items = settings().backend(create=False).list_tasks(status_, queue, kind, limit)
-    out(items, lambda items: table(
-        [[i["id"], i["kind"], i["queue"], i["status"], i["priority"],
-          f"{i['attempts']}/{i['max_attempts'] or '-'}", i["worker_id"], i["fence"],
-          i["key"], compact(i["payload"], 40)] for i in items],
-        ["id", "kind", "queue", "status", "prio", "tries", "worker", "fence", "key",
-         "payload"]))
+    out(settings().backend(create=False).list_tasks(status_, queue, kind, limit),
+        fmt.items_table)
     return 0
 
 
@@ -610,14 +517,8 @@ def show(item_id) -> int:
     Example:
       orch show 42 --json
     """
-    out(settings().backend(create=False).get_task(item_id), item_text)
+    out(settings().backend(create=False).get_task(item_id), fmt.item_text)
     return 0
-
-
-def event_line(e: dict) -> str:
-    return "  ".join([str(e["seq"]), iso(e["at"]), f"item {e['item_id']}", e["type"],
-                      e["worker_id"] or "-", f"fence {e['fence']}" if e["fence"] else "-",
-                      compact(e["detail"], 120)])
 
 
 @command(cli)
@@ -635,16 +536,16 @@ def events(item_id, since, follow) -> int:
     as_json = settings().json
     since = since or 0
     while True:
-        batch = backend.list_events(item_id, since, 1000)
+        batch = backend.list_events(item_id, since)
         if not follow and as_json:
             emit_json(batch)
             return 0
         for e in batch:
-            click.echo(json.dumps(e, ensure_ascii=False) if as_json else event_line(e))
+            click.echo(json.dumps(e, ensure_ascii=False) if as_json else fmt.event_line(e))
         since = batch[-1]["seq"] if batch else since
         if not follow:
             return 0
-        if len(batch) < 1000:
+        if len(batch) < defaults.EVENTS_LIMIT:  # a full page: more may be waiting
             time.sleep(0.5)
 
 
@@ -672,12 +573,7 @@ def doctor() -> int:
         raise damaged(exc, settings().db or paths.default_db()) from exc
     with orch:
         report = orch.doctor()
-
-    def text(r: dict) -> str:
-        head = (f"ok: {r['items']} items, {r['events']} events; chain, replay and lease "
-                "rules hold" if r["ok"] else f"{len(r['problems'])} problem(s):")
-        return "\n".join([head] + [f"  {p}" for p in r["problems"]])
-    out(report, text)
+    out(report, fmt.doctor_text)
     return 0 if report["ok"] else 1
 
 
@@ -710,7 +606,7 @@ def session() -> None:
 @click.option("--worker", "worker_id", required=True, help="The agent holding the session.")
 @click.option("--key", default=None, help="Idempotency key: an existing session is resumed.")
 @click.option("--payload", default=None, help="The session's input, as JSON.")
-@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+@click.option("--ttl", type=float, default=None, help=TTL_HELP)
 def session_start(worker_id, key, payload, ttl) -> int:
     """Create a session and claim it; prints the claim as JSON.
 
@@ -726,7 +622,7 @@ def session_start(worker_id, key, payload, ttl) -> int:
 @command(session, "resume")
 @click.argument("session_id", type=int)
 @click.option("--worker", "worker_id", required=True, help="The agent taking the session.")
-@click.option("--ttl", type=float, default=None, help="Lease length in seconds (default 30).")
+@click.option("--ttl", type=float, default=None, help=TTL_HELP)
 def session_resume(session_id, worker_id, ttl) -> int:
     """Claim a session again after its holder died; prints the claim with its checkpoint.
 
@@ -795,20 +691,23 @@ def tool_exec(goal_id, token, token_file, tool_name, input_, key, effect, ttl, w
 
 
 @command(cli, "work", context_settings={"allow_interspersed_args": False})
-@click.option("--queue", "queues", multiple=True, help="Queue(s) to take from (default: default).")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Commands run at once, each on an item of its own.")
-@click.option("--ttl", type=float, default=30.0, show_default=True,
+@click.option("--queue", "queues", multiple=True,
+              help=f"Queue(s) to take from (default: {defaults.QUEUE}).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=defaults.WORK_CONCURRENCY,
+              show_default=True, help="Commands run at once, each on an item of its own.")
+@click.option("--ttl", type=float, default=defaults.TTL_S, show_default=True,
               help="Lease length in seconds; the lease is renewed every third of it.")
 @click.option("--max-items", type=click.IntRange(min=1), default=None,
               help="Stop after this many items (default: run until stopped).")
 @click.option("--worker", "worker_id", default=None, help="Worker name (default: work-PID@HOST).")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0), default=defaults.WORK_GRACE_S,
+              show_default=True,
               help="On SIGTERM or SIGINT: seconds running commands get to finish before "
               "they are stopped and their items requeued.")
-@click.option("--kill-after", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("--kill-after", type=click.FloatRange(min=0, min_open=True),
+              default=defaults.WORK_KILL_AFTER_S,
               show_default=True, help="Seconds between SIGTERM and SIGKILL to a stopped command.")
-@click.option("--retry-in", type=float, default=10.0, show_default=True,
+@click.option("--retry-in", type=float, default=defaults.WORK_RETRY_IN_S, show_default=True,
               help="Seconds before an item whose command exited 75 can be claimed again.")
 @click.argument("command_", metavar="-- COMMAND [ARGS]...", nargs=-1, required=True,
                 type=click.UNPROCESSED)
@@ -836,29 +735,8 @@ def work(queues, concurrency, ttl, max_items, worker_id, grace, kill_after, retr
     opts = worker.options(list(command_), worker_id=worker_id, queues=list(queues),
                           concurrency=concurrency, ttl_s=ttl, max_items=max_items,
                           grace_s=grace, kill_after_s=kill_after, retry_in_s=retry_in, env=env)
-    out(worker.run(settings().backend(), opts), worker.summary_text)
+    out(worker.run(settings().backend(), opts), fmt.work_summary)
     return 0
-
-
-def _tree(node: dict, depth: int = 0) -> list[str]:
-    pad = "  " * depth
-    head = (f"{pad}{node['kind']} {node['id']}  {node['status']}  key={node['key'] or '-'}  "
-            f"attempts={node['attempts']}  fence={node['fence'] or '-'}  "
-            f"created={iso(node['created_at'])}  updated={iso(node['updated_at'])}")
-    lines = [head]
-    if node["kind"] == "tool_execution":
-        lines.append(f"{pad}  tool={node['payload'].get('tool')}  "
-                     f"input={compact(node['payload'].get('input'), 80)}")
-    if node["result"] is not None or node["error"]:
-        lines.append(f"{pad}  result={compact(node['result'], 80)}  error={node['error'] or '-'}")
-    for e in node["events"]:
-        lines.append(f"{pad}  · {e['seq']} {iso(e['at'])} {e['type']} "
-                     f"{e['worker_id'] or '-'} fence={e['fence'] or '-'}"
-                     + (f" {e['detail'].get('outcome') or ''} -> {e['detail']['status']}"
-                        if "status" in e["detail"] and e["type"] != "submitted" else ""))
-    for child in node.get("goals", []) + node.get("tool_executions", []):
-        lines += _tree(child, depth + 1)
-    return lines
 
 
 @command(cli)
@@ -870,7 +748,7 @@ def replay(session_id) -> int:
     Example:
       orch replay --session 12 --json
     """
-    out(settings().backend(create=False).replay_session(session_id), lambda t: "\n".join(_tree(t)))
+    out(settings().backend(create=False).replay_session(session_id), fmt.replay_text)
     return 0
 
 
@@ -895,18 +773,22 @@ def why(item_id) -> int:
               help="Rotated log file [default: <home>/logs/orchestrator.log].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               default="INFO", show_default=True, help="Least severe level logged.")
-@click.option("--recover-every", type=float, default=2.0, show_default=True,
+@click.option("--recover-every", type=float, default=defaults.RECOVER_EVERY_S, show_default=True,
               help="Seconds between the daemon's own recovery passes.")
-@click.option("--line-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+@click.option("--line-timeout", type=click.FloatRange(0, min_open=True),
+              default=defaults.LINE_TIMEOUT_S,
               show_default=True,
               help="Seconds a request line may take from its first byte to its newline.")
-@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=300.0,
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True),
+              default=defaults.IDLE_TIMEOUT_S,
               show_default=True,
               help="Seconds a connection may stay without a request (a parked claim is "
                    "a request).")
-@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+@click.option("--max-connections", type=click.IntRange(1), default=defaults.MAX_CONNECTIONS,
+              show_default=True,
               help="Connections served at once; more are refused with error 1004.")
-@click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True), default=256.0,
+@click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True),
+              default=defaults.MAX_BUFFERED_MIB,
               show_default=True,
               help="Unread input held for all clients together; past it the client "
                    "holding the most is dropped.")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from . import paths, protocol
+from . import defaults, paths, protocol
 from .errors import InvalidInput, NotDelivered, OutcomeUnknown, Unavailable, from_rpc
 from .interface import Operations
 
@@ -30,8 +30,9 @@ class Client(Operations):
 
     mode = "daemon"
 
-    def __init__(self, socket_path: str | Path | None = None, *, timeout: float = 60.0,
-                 connect_within: float = 2.0):
+    def __init__(self, socket_path: str | Path | None = None, *,
+                 timeout: float = defaults.CLIENT_TIMEOUT_S,
+                 connect_within: float = defaults.CONNECT_WITHIN_S):
         self.path = Path(socket_path) if socket_path is not None else paths.default_socket()
         self.timeout = timeout
         self.connect_within = connect_within
@@ -174,6 +175,10 @@ class Client(Operations):
         self.close()
 
 
+#: How long ``connect`` waits for a daemon's ping before opening the file instead.
+PROBE_TIMEOUT_S = 5.0
+
+
 class _Lost(Exception):
     pass
 
@@ -186,7 +191,7 @@ def connect(db: Path | None, socket_path: Path | None) -> Client | None:
     path = socket_path or paths.default_socket()
     if not path.exists():
         return None
-    client = Client(path, timeout=5.0, connect_within=0)
+    client = Client(path, timeout=PROBE_TIMEOUT_S, connect_within=0)
     try:
         info = client.ping()
     except (Unavailable, OSError):
@@ -196,6 +201,6 @@ def connect(db: Path | None, socket_path: Path | None) -> Client | None:
     if wanted is not None and Path(info.get("db", "")) != Path(wanted).expanduser().resolve():
         client.close()  # that daemon serves another file: open ours directly
         return None
-    client.timeout = 60.0
+    client.timeout = defaults.CLIENT_TIMEOUT_S
     client.db = Path(info["db"])
     return client

@@ -24,9 +24,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from . import validate
+from . import defaults, validate
 from .errors import InvalidInput, LeaseLost, OrchError, OutcomeUnknown, Unavailable
 from .interface import Operations
+from .model import Kind, Outcome
 
 #: The command's "try again later" (EX_TEMPFAIL): the item is requeued, not failed.
 EXIT_RETRY_LATER = 75
@@ -43,12 +44,12 @@ class Options:
     command: list[str]
     worker_id: str
     queues: list[str]
-    concurrency: int = 1
-    ttl_s: float = 30.0
+    concurrency: int = defaults.WORK_CONCURRENCY
+    ttl_s: float = defaults.TTL_S
     max_items: int | None = None
-    grace_s: float = 30.0
-    kill_after_s: float = 5.0
-    retry_in_s: float = 10.0
+    grace_s: float = defaults.WORK_GRACE_S
+    kill_after_s: float = defaults.WORK_KILL_AFTER_S
+    retry_in_s: float = defaults.WORK_RETRY_IN_S
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -57,8 +58,8 @@ def options(command: list[str], *, worker_id: str | None, queues: list[str], **k
     before anything is claimed."""
     worker_id = worker_id or f"work-{os.getpid()}@{os.uname().nodename}"[:validate.MAX_WORKER_CHARS]
     checked = validate.check("claim_task", {"worker_id": worker_id, "queues": queues or None,
-                                            "ttl": kw.get("ttl_s", 30.0)})
-    validate.delay("retry_in", kw.get("retry_in_s", 10.0))
+                                            "ttl": kw.get("ttl_s", Options.ttl_s)})
+    validate.delay("retry_in", kw.get("retry_in_s", Options.retry_in_s))
     if not command:
         raise InvalidInput("command: required (orch work [OPTIONS] -- COMMAND [ARGS]...)",
                            data={"field": "command"})
@@ -210,14 +211,15 @@ class Worker:
     def _run(self, api: Operations, held: _Held) -> Done | None:
         """Run the command for ``held`` to its end; None when the lease was lost."""
         if held.claim.get("cancel_requested"):
-            return Done("cancelled", "cancelled", error="cancel requested before the command ran")
+            return Done(Outcome.CANCELLED, "cancelled",
+                        error="cancel requested before the command ran")
         proc: subprocess.Popen | None = None
         files = ExitStack()
         try:
             while True:
                 now = time.monotonic()
                 if self.stopping.is_set() and now >= self.deadline:
-                    stop = Done("requeue", "requeued")
+                    stop = Done(Outcome.REQUEUE, "requeued")
                     break
                 if now >= held.next_beat:
                     try:
@@ -226,7 +228,7 @@ class Worker:
                         stop = None
                         break
                     if beat is not None and beat["cancel_requested"]:
-                        stop = Done("cancelled", "cancelled",
+                        stop = Done(Outcome.CANCELLED, "cancelled",
                                     error="cancel requested; the command was stopped")
                         break
                 if proc is None and self._enter(held.id):
@@ -236,7 +238,7 @@ class Worker:
                         proc = self._spawn(held, *stdio)
                     except OSError as exc:
                         self._leave(held.id)
-                        return Done("failed", "failed",
+                        return Done(Outcome.FAILED, "failed",
                                     error=f"cannot run {self.opts.command[0]}: {exc}")
                 wait = min(TICK_S, max(0.0, min(held.next_beat, self.deadline) - time.monotonic()))
                 if proc is None:
@@ -316,13 +318,13 @@ class Worker:
 
     def _judge(self, code: int, stdout: IO[bytes], stderr: IO[bytes]) -> Done:
         if code == 0:
-            return Done("succeeded", "succeeded", result=_result(stdout))
+            return Done(Outcome.SUCCEEDED, "succeeded", result=_result(stdout))
         what = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
         tail = _tail(stderr).rstrip()
         error = f"{what}: {tail}" if tail else what
         if code == EXIT_RETRY_LATER:
-            return Done("requeue", "retry_later", error=error, retry_in=self.opts.retry_in_s)
-        return Done("failed", "failed", error=error)
+            return Done(Outcome.REQUEUE, "retry_later", error=error, retry_in=self.opts.retry_in_s)
+        return Done(Outcome.FAILED, "failed", error=error)
 
     # -- releasing --
 
@@ -340,7 +342,7 @@ class Worker:
                 if more:
                     r = api.release_and_claim(
                         held.id, held.token, done.outcome, **kw, worker_id=self.opts.worker_id,
-                        queues=self.opts.queues, kinds=["task"], ttl=self.opts.ttl_s,
+                        queues=self.opts.queues, kinds=[Kind.TASK], ttl=self.opts.ttl_s,
                         wait=CLAIM_WAIT_S)
                     released, nxt = r["released"], r["next"]
                 else:
@@ -407,13 +409,6 @@ def _result(stdout: IO[bytes]) -> Any:
         except (ValueError, OrchError):
             pass  # not JSON, or over a limit: keep the text
     return _tail(stdout).rstrip()
-
-
-def summary_text(r: dict) -> str:
-    counts = ", ".join(f"{r[k]} {k.replace('_', ' ')}" for k in
-                       ("succeeded", "failed", "retry_later", "cancelled", "requeued", "lost",
-                        "unreleased") if r[k])
-    return f"orch work: {r['items']} item(s)" + (f": {counts}" if counts else "")
 
 
 def run(api: Operations, opts: Options) -> dict:
