@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import apsw
 import tenacity
 
-from . import paths
+from . import defaults, paths
 from .errors import Corrupt, NotFound, OrchError, SchemaTooNew, Unavailable
 
 T = TypeVar("T")
@@ -150,7 +150,7 @@ class Store(abc.ABC):
         """Release the connection."""
 
 
-DEFAULT_BUSY_BUDGET_S = 10.0
+DEFAULT_BUSY_BUDGET_S = defaults.BUSY_BUDGET_S
 
 
 def open_connection(path: Path, *, synchronous: str = "full",
@@ -406,6 +406,11 @@ class SQLiteStore(Store):
 
     def checkpoint_wal(self) -> None:
         self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+    def manual_checkpoints(self) -> None:
+        """No automatic checkpoints on this connection's commits: another thread makes
+        them (the daemon's writer, whose commits must not stop to copy pages)."""
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
 
     def close(self) -> None:
         self.conn.close()
