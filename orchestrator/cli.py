@@ -23,6 +23,7 @@ from . import __version__, paths
 from .clock import iso
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
+    RPC_LIMIT_EXCEEDED,
     Corrupt,
     LeaseLost,
     NotDelivered,
@@ -905,7 +906,8 @@ def why(item_id) -> int:
               help="Seconds a connection may stay without a request (a parked claim is "
                    "a request).")
 @click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
-              help="Connections served at once; more are refused with error 1004.")
+              help="Connections served at once; more are refused with error "
+                   f"{RPC_LIMIT_EXCEEDED}.")
 @click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True), default=256.0,
               show_default=True,
               help="Unread input held for all clients together; past it the client "
