@@ -347,7 +347,7 @@ def test_migrated_schema_equals_the_migration_files(db_path):
 def query_names_used_in_code() -> set[str]:
     """Every string literal in the first argument of tx.one/all/run/run_many(...)."""
     names: set[str] = set()
-    for path in sorted((ROOT / "orchestrator").glob("*.py")):
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
