@@ -23,6 +23,7 @@ from . import __version__, defaults, paths
 from . import formatting as fmt
 from .errors import (
     EXIT_NOTHING_TO_CLAIM,
+    RPC_LIMIT_EXCEEDED,
     Corrupt,
     LeaseLost,
     NotDelivered,
@@ -786,7 +787,8 @@ def why(item_id) -> int:
                    "a request).")
 @click.option("--max-connections", type=click.IntRange(1), default=defaults.MAX_CONNECTIONS,
               show_default=True,
-              help="Connections served at once; more are refused with error 1004.")
+              help="Connections served at once; more are refused with error "
+                   f"{RPC_LIMIT_EXCEEDED}.")
 @click.option("--max-buffered-mib", type=click.FloatRange(0, min_open=True),
               default=defaults.MAX_BUFFERED_MIB,
               show_default=True,

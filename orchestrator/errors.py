@@ -80,6 +80,11 @@ class SchemaTooNew(OrchError):
     reason = "schema_too_new"
 
 
+def internal_error(exc: BaseException) -> OrchError:
+    """What a client is told of an unexpected exception (logged where it is caught)."""
+    return OrchError(f"internal error: {type(exc).__name__}")
+
+
 # exit codes: 0 done, 1 error, 2 usage, 3 nothing to claim, 4 lease lost, 5 not found,
 # 6 conflict, 7 unavailable.  JSON-RPC: the standard codes, then 1001-1005.
 EXIT_NOTHING_TO_CLAIM = 3
@@ -88,17 +93,22 @@ RPC_INVALID_REQUEST = -32600
 RPC_METHOD_NOT_FOUND = -32601
 RPC_INVALID_PARAMS = -32602
 RPC_INTERNAL_ERROR = -32603
+RPC_LEASE_LOST = 1001
+RPC_NOT_FOUND = 1002
+RPC_CONFLICT = 1003
+RPC_LIMIT_EXCEEDED = 1004
+RPC_UNAVAILABLE = 1005
 
 #: error class -> (CLI exit code, JSON-RPC error code). Subclasses are listed before
 #: their bases; nothing else in orch decides these numbers.
 CODES: list[tuple[type[OrchError], int, int]] = [
-    (LimitExceeded, 2, 1004),
+    (LimitExceeded, 2, RPC_LIMIT_EXCEEDED),
     (InvalidInput, 2, RPC_INVALID_PARAMS),
-    (LeaseLost, 4, 1001),
-    (NotFound, 5, 1002),
-    (Conflict, 6, 1003),
-    (Unavailable, 7, 1005),
-    (Corrupt, 1, 1005),
+    (LeaseLost, 4, RPC_LEASE_LOST),
+    (NotFound, 5, RPC_NOT_FOUND),
+    (Conflict, 6, RPC_CONFLICT),
+    (Unavailable, 7, RPC_UNAVAILABLE),
+    (Corrupt, 1, RPC_UNAVAILABLE),
     (OrchError, 1, RPC_INTERNAL_ERROR),
 ]
 

@@ -1,0 +1,509 @@
+"""The daemon's server: start and stop, accepting clients, the periodic work, and the
+routing of each request to the writer, a reader thread or a parked claim."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import resource
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import apsw
+from loguru import logger
+
+from .. import clock, defaults, livestate, paths, protocol, rules
+from ..api import WAITS
+from ..errors import LimitExceeded, OrchError, internal_error
+from ..operations import OPERATIONS
+from ..store import SQLiteStore
+from . import wire
+from .connection import Connection
+from .logs import Throttled, setup_logging
+from .waiters import FEEDS, WAITED, Waiters
+from .wire import Request, error_reply
+from .writer import Checkpointer, GroupCommit
+
+RECOVER_EVERY_S = defaults.RECOVER_EVERY_S
+# What one client may hold of the daemon (each a ``orch daemon`` option, see defaults):
+LINE_TIMEOUT_S = defaults.LINE_TIMEOUT_S
+IDLE_TIMEOUT_S = defaults.IDLE_TIMEOUT_S
+MAX_CONNECTIONS = defaults.MAX_CONNECTIONS
+MAX_BUFFERED = int(defaults.MAX_BUFFERED_MIB * (1 << 20))
+BACKLOG = 100  # connections waiting to be accepted
+OWN_FDS = 64  # descriptors the daemon needs besides its connections (files, threads)
+
+
+class StartupError(OrchError):
+    """The daemon cannot start (another one runs, a path is unusable)."""
+
+
+class Daemon:
+    """One daemon serving one database file on one socket, until SIGTERM or SIGINT."""
+
+    def __init__(self, db: Path, sock: Path, *, synchronous: str = "full",
+                 recover_every_s: float = RECOVER_EVERY_S,
+                 line_timeout_s: float = LINE_TIMEOUT_S,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
+                 readers: int = 4, debug: bool = False):
+        self.db = Path(db).resolve()
+        self.sock = Path(sock)
+        self.synchronous = synchronous
+        self.recover_every_s = recover_every_s
+        self.line_timeout_s = line_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self.reader_count = readers
+        self.debug = debug
+        self.waiters = Waiters()
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.connections: set[Connection] = set()
+        self.buffered = 0  # bytes read from clients and not yet taken as lines
+        self.accept_pause_s = 0.0  # grows while descriptors are short
+        self.accept_resume: asyncio.TimerHandle | None = None
+        self.log_idle = Throttled(
+            "INFO", "closed {n} idle connection(s): no request for {limit:g} s")
+        self.log_slow_line = Throttled(
+            "WARNING", "dropped {n} client(s) whose line was not complete {limit:g} s after "
+            "its first byte")
+        self.log_refused = Throttled(
+            "WARNING", "refused {n} connection(s): {limit} open, the most allowed "
+            "(--max-connections)")
+        self.log_shed = Throttled(
+            "WARNING", "dropped {n} client(s) holding the most unread input ({size} bytes): "
+            "input buffered over all connections passed {limit} bytes (--max-buffered-mib)")
+        self.log_no_fds = Throttled(
+            "WARNING", "out of descriptors ({error}): stopped accepting {n} time(s), now for "
+            "{pause:g} s; {open} connection(s) open")
+        self.throttled = [self.log_idle, self.log_slow_line, self.log_refused, self.log_shed,
+                          self.log_no_fds]
+        self._locks: list[int] = []
+        self._local = threading.local()
+        self._readers: list[SQLiteStore] = []
+        self._readers_lock = threading.Lock()
+
+    # -- start and stop --
+
+    def _lock(self, path: Path, what: str) -> None:
+        paths.ensure_private_dir(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, paths.FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(f"another orch daemon (pid {holder}) is already serving "
+                               f"this {what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._locks.append(fd)
+
+    def _claim_socket_path(self) -> None:
+        if len(os.fsencode(self.sock)) >= 104:
+            raise StartupError(f"socket path is too long for a Unix socket: {self.sock}")
+        self._lock(self.sock.with_name(self.sock.name + ".lock"), f"socket {self.sock}")
+        self._lock(livestate.daemon_lock_path(self.db), f"database {self.db}")
+        if self.sock.exists() or self.sock.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.sock))
+            except (ConnectionRefusedError, FileNotFoundError):
+                logger.info("removing stale socket {}", self.sock)
+                self.sock.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StartupError(f"cannot use socket path {self.sock}: {exc}") from None
+            else:
+                probe.close()
+                raise StartupError(f"a daemon is already answering on {self.sock}")
+            finally:
+                probe.close()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._claim_socket_path()
+        self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
+        self.writer_store.manual_checkpoints()
+        self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections))
+        self.checkpointer = Checkpointer(SQLiteStore(self.db, synchronous=self.synchronous))
+        self.checkpointer.start()
+        self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
+        self.watch = SQLiteStore(self.db)  # loop thread: notices other processes' commits
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self._recover()
+        self._raise_fd_limit()
+        self.loop = loop
+        self.listener = self._listen()
+        loop.add_reader(self.listener.fileno(), self._accept)
+        logger.bind(db=str(self.db), socket=str(self.sock), pid=os.getpid()).info(
+            "orch daemon serving {} on {}", self.db, self.sock)
+        ticker = asyncio.create_task(self._tick())
+        sweeper = asyncio.create_task(self._sweep())
+        await self.stopping.wait()
+        logger.info("stopping: no new connections, finishing requests in flight")
+        self._stop_accepting()
+        ticker.cancel()
+        sweeper.cancel()
+        self.waiters.wake_all()
+        await self._drain()
+        for conn in list(self.connections):
+            conn.close()
+        for throttled in self.throttled:
+            throttled.next_at = 0.0
+            throttled.flush()
+        while self.writer.pending or self.writer.offloaded:  # nothing is left uncommitted
+            if self.writer.offloaded:
+                await asyncio.sleep(0.01)
+            else:
+                self.writer.flush()
+        self.writer.close()
+        self.checkpointer.stop()
+        self.checkpointer.store.close()
+        self.pool.shutdown(wait=True)
+        try:
+            self.writer_store.checkpoint_wal()
+        except apsw.Error as exc:
+            logger.warning("WAL checkpoint at exit failed: {}", exc)
+        for store in [self.writer_store, self.watch, *self._readers]:
+            store.close()
+        self.sock.unlink(missing_ok=True)
+        logger.bind(commits=self.writer.commits, requests=self.writer.committed_requests).info(
+            "orch daemon stopped")
+
+    # -- connections --
+
+    def _listen(self) -> socket.socket:
+        paths.ensure_private_dir(self.sock.parent)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.sock))
+            os.chmod(self.sock, paths.FILE_MODE)
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        return listener
+
+    def _raise_fd_limit(self) -> None:
+        """Let the connection cap, not the descriptor limit, be what new clients meet."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.max_connections + OWN_FDS
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            logger.warning("the descriptor limit ({}) leaves room for fewer connections than "
+                           "--max-connections {}: past it, new clients wait to be accepted",
+                           new, self.max_connections)
+
+    def _accept(self) -> None:
+        """Take the connections waiting in the listen queue."""
+        for _ in range(BACKLOG):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(exc)
+                else:
+                    logger.warning("accepting a connection failed: {}", exc)
+                return
+            self.accept_pause_s = 0.0
+            if len(self.connections) >= self.max_connections:
+                self._refuse(sock)
+                continue
+            conn = Connection(self)
+            self.connections.add(conn)  # counted at once, so a burst cannot pass the cap
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(lambda conn=conn: conn, sock))
+            task.add_done_callback(lambda t, conn=conn, sock=sock: t.cancelled()
+                                   or t.exception() is None or self._lost(conn, sock, t))
+
+    def _lost(self, conn: Connection, sock: socket.socket, task: asyncio.Task) -> None:
+        logger.opt(exception=task.exception()).warning("setting up a connection failed")
+        self.connections.discard(conn)
+        sock.close()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over the connection cap: one error line (the client may try again later), closed."""
+        try:
+            sock.setblocking(False)
+            sock.send(protocol.encode(error_reply(None, LimitExceeded(
+                f"too many connections: the daemon serves at most {self.max_connections} at "
+                f"once; the request was not read, try again later",
+                data={"limit": self.max_connections, "delivered": False}))))
+        except OSError:
+            pass  # gone already
+        finally:
+            sock.close()
+        self.log_refused(limit=self.max_connections)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: accepting again at once would only fail again, as fast as
+        the loop turns. Leave new clients in the listen queue for a short, growing while."""
+        self.loop.remove_reader(self.listener.fileno())
+        self.accept_pause_s = min(max(0.05, self.accept_pause_s * 2), 2.0)
+        self.accept_resume = self.loop.call_later(self.accept_pause_s, self._resume_accepting)
+        self.log_no_fds(error=errno.errorcode.get(exc.errno, exc.errno),
+                        pause=self.accept_pause_s, open=len(self.connections))
+
+    def _resume_accepting(self) -> None:
+        self.accept_resume = None
+        if not self.stopping.is_set():
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def _stop_accepting(self) -> None:
+        if self.accept_resume is not None:
+            self.accept_resume.cancel()
+        else:
+            self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()
+
+    def shed(self) -> None:
+        """Over the cap on buffered input: drop the clients holding the most of it."""
+        while self.buffered > self.max_buffered:
+            victim = max(self.connections, key=lambda c: len(c.buf))
+            size = len(victim.buf)
+            if not size:
+                return
+            victim.refuse(LimitExceeded(
+                f"the daemon holds too much unread input (over {self.max_buffered} bytes from "
+                f"all clients); this connection held the most ({size} bytes)",
+                data={"limit": self.max_buffered}))
+            self.log_shed(size=size, limit=self.max_buffered)
+
+    async def _sweep(self) -> None:
+        """Close connections past their line deadline or idle timeout."""
+        every = min(1.0, self.line_timeout_s / 4, self.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check_time(now)
+            for throttled in self.throttled:
+                throttled.flush()
+
+    async def _drain(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+
+    async def _tick(self) -> None:
+        """Recovery every few seconds; notice commits made by other processes."""
+        last_version = None
+        next_recovery = time.monotonic() + self.recover_every_s
+        while True:
+            await asyncio.sleep(min(1.0, self.recover_every_s))
+            try:
+                version = self.watch.read(lambda tx: tx.one("data_version")["data_version"])
+                if last_version is not None and version != last_version and self.waiters.parked:
+                    # Someone else committed (an embedded CLI, say): let each parked
+                    # claim look once.
+                    self.waiters.wake_all()
+                last_version = version
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.recover_every_s
+                    await self._recover()
+            except OrchError as exc:
+                logger.warning("periodic work failed: {}", exc)
+
+    async def _recover(self) -> None:
+        ok, r = await self._write("stale_recovery", {"dry_run": False})
+        if ok and r["count"]:
+            logger.bind(count=r["count"]).info("recovered {} expired lease(s)", r["count"])
+
+    # -- running operations --
+
+    def _reader(self) -> SQLiteStore:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = SQLiteStore(self.db)
+            with self._readers_lock:
+                self._readers.append(store)
+        return store
+
+    async def _write(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+        ok, value = await self.writer.submit_future(op, kwargs)
+        if ok and op in FEEDS:
+            self.waiters.feed(op, value)
+        return ok, value
+
+    async def _read(self, op: str, kwargs: dict) -> tuple[bool, Any]:
+        def run() -> tuple[bool, Any]:
+            fn, _ = OPERATIONS[op]
+            try:
+                return True, self._reader().read(lambda tx: fn(tx, clock.now_ms(), **kwargs))
+            except OrchError as exc:
+                return False, exc
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    async def call(self, op: str, kwargs: dict,
+                   gone: Callable[[], bool] = lambda: False) -> tuple[bool, Any]:
+        if op == "ping":
+            return True, {"pong": True, "now": clock.now_ms(), "db": str(self.db),
+                          "pid": os.getpid(), "mode": "daemon"}
+        if op == "claim_task" and kwargs["wait"] and kwargs["item_id"] is None:
+            return await self._claim_waiting(kwargs, gone)
+        if op == "execute_tool_idempotent" and kwargs["wait"]:
+            return await self._execution_waiting(kwargs)
+        if op == "release_and_claim" and kwargs["wait"]:
+            ok, out = await self._write(op, kwargs)
+            if ok and out["next"] is None:
+                # Released (committed); only the claim waits. A claim that fails now
+                # is reported as nothing claimed: the release stands either way.
+                got, claim = await self._claim_waiting(
+                    rules.next_claim(out["released"], **kwargs), gone)
+                out["next"] = claim if got else None
+            return ok, out
+        _, writes = OPERATIONS[op]
+        return await (self._write(op, kwargs) if writes else self._read(op, kwargs))
+
+    async def _claim_waiting(self, kwargs: dict, gone: Callable[[], bool]) -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + kwargs["wait"] / 1000
+        while True:
+            # Park before trying, so a submit that commits between the try and the
+            # park still wakes this claim.
+            waiter = self.waiters.add(kwargs["kinds"], kwargs["queues"])
+            try:
+                if gone():  # nobody to hand a claim to: let another waiter have it
+                    if waiter.woken.done():
+                        self.waiters.pass_on(waiter)
+                    return True, None
+                ok, claim = await self._write("claim_task", kwargs)
+                left = deadline - loop.time()
+                if not ok or claim is not None or left <= 0 or self.stopping.is_set():
+                    return ok, claim
+                ok, due = await self._read_due(kwargs)
+                if ok and due is not None:
+                    left = min(left, max(0.0, (due - clock.now_ms()) / 1000) + 0.001)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter.woken), left)
+                except TimeoutError:
+                    pass
+            finally:
+                self.waiters.remove(waiter)
+
+    async def _execution_waiting(self, kwargs: dict) -> tuple[bool, Any]:
+        # Someone else runs this execution: look again, backing off, until it settles.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + kwargs["wait"] / 1000
+        pause = 0.05
+        while True:
+            ok, out = await self._write("execute_tool_idempotent", kwargs)
+            left = deadline - loop.time()
+            if not ok or WAITS["execute_tool_idempotent"](out) or left <= 0 \
+                    or self.stopping.is_set():
+                return ok, out
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
+
+    async def _read_due(self, kwargs: dict) -> tuple[bool, Any]:
+        def run() -> tuple[bool, Any]:
+            try:
+                return True, self._reader().read(lambda tx: rules.next_due(
+                    tx, clock.now_ms(), kinds=kwargs["kinds"], queues=kwargs["queues"]))
+            except OrchError as exc:
+                return False, exc
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    # -- the wire --
+
+    def dispatch(self, conn: Connection, line: bytes) -> None:
+        """Answer one line of ``conn`` (through ``conn.reply``).
+
+        The common case, one request for a write that does not wait, goes straight to
+        the group commit with a callback; everything else (batches, reads, waits,
+        notifications, errors, debug logging) runs as a task through ``_answer``.
+        """
+        req = wire.parse(line)
+        if type(req) is Request and req.refusal is None and not req.notification \
+                and not self.debug and OPERATIONS[req.op][1] \
+                and not (req.op in WAITED and req.kwargs["wait"]):
+            self._write_direct(conn, req)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(req, conn.gone))
+        task.add_done_callback(lambda t: conn.reply(
+            None if t.cancelled() else wire.task_reply(t)))
+
+    def _write_direct(self, conn: Connection, req: Request) -> None:
+        op, id_ = req.op, req.id
+
+        def done(outcome: tuple[bool, Any]) -> None:
+            ok, value = outcome
+            if ok and op in FEEDS:
+                try:
+                    self.waiters.feed(op, value)
+                except Exception:  # noqa: BLE001 -- committed: the answer must still go
+                    logger.exception("waking parked claims failed")
+            conn.reply(wire.reply(id_, ok, value))
+        self.writer.submit(op, req.kwargs, done)
+
+    async def _answer(self, parsed: Request | list[Request] | dict,
+                      gone: Callable[[], bool]) -> Any:
+        if isinstance(parsed, dict):  # the line holds no request
+            return parsed
+        if isinstance(parsed, list):
+            replies = await asyncio.gather(*(self._answer_one(r, gone) for r in parsed))
+            return [r for r in replies if r is not None] or None
+        return await self._answer_one(parsed, gone)
+
+    async def _answer_one(self, req: Request, gone: Callable[[], bool]) -> dict | None:
+        if req.method is None:  # not a request: answered even without an id
+            return req.refusal
+        started = time.perf_counter()
+        log = logger.bind(method=req.method) if self.debug else logger
+        if req.refusal is not None:
+            reply = req.refusal
+        else:
+            try:
+                ok, value = await self.call(req.op, req.kwargs, gone)
+            except OrchError as exc:
+                ok, value = False, exc
+            except Exception as exc:  # never let one request take the daemon down
+                log.exception("internal error")
+                ok, value = False, internal_error(exc)
+            reply = wire.reply(req.id, ok, value)
+        if self.debug:  # binding costs even when the line is not written
+            value = reply.get("result")
+            item = value.get("id") if isinstance(value, dict) else None
+            log.bind(item=item, worker=value.get("worker_id") if item else None,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                     ok="error" not in reply).debug("request")
+        return None if req.notification else reply
+
+
+def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
+        log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
+        line_timeout_s: float = LINE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED) -> int:
+    setup_logging(log_file, log_level)
+    daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
+                    line_timeout_s=line_timeout_s, idle_timeout_s=idle_timeout_s,
+                    max_connections=max_connections, max_buffered=max_buffered,
+                    debug=log_level == "DEBUG")
+    asyncio.run(daemon.serve())
+    return 0

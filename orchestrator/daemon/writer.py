@@ -1,0 +1,215 @@
+"""The daemon's writer: the one write connection, its group commit, and the thread that
+checkpoints the WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import apsw
+from loguru import logger
+
+from .. import clock
+from ..errors import OrchError, Unavailable, internal_error
+from ..operations import OPERATIONS
+from ..store import CommitAndRaise, Rollback, SQLiteStore, retry_busy
+
+MAX_GROUP = 512  # requests committed together at most
+
+Done = Callable[[tuple[bool, Any]], None]
+
+
+class GroupCommit:
+    """Owns the write connection; commits the writes of one loop turn together.
+
+    It runs in the event loop's thread. Every request read in one turn of the loop
+    joins the group, which commits at the start of the next turn: one IMMEDIATE
+    transaction, a savepoint per request when there are several, one COMMIT. While a
+    group commits, the next one gathers in the clients' sockets. No thread hands work
+    to another: on this path every handoff (a lock, a wake-up, the GIL passed back and
+    forth at each SQLite call) cost more than the SQL itself.
+
+    The loop never waits for the file's write lock, though: the connection's busy
+    timeout is zero, and a group that finds the file locked by another process is
+    retried in a thread (with the usual timeout and retries) while the loop goes on
+    serving everyone else; later groups queue until it is done.
+    """
+
+    def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop,
+                 clients: Callable[[], int] = lambda: 0):
+        self.store = store
+        self.loop = loop
+        self.clients = clients
+        self.waited = False
+        self.offloaded = False  # a group waits for the lock in self.pool
+        self.pending: list[tuple[str, dict, Done]] = []
+        self.commits = 0
+        self.committed_requests = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="orch-writer-wait")
+        self.busy_timeout_ms = max(1, int(store.busy_budget_s * 250))
+        store.conn.set_busy_timeout(0)
+
+    def submit(self, op: str, kwargs: dict, done: Done) -> None:
+        """Queue a write; ``done((ok, value))`` is called once its group has committed."""
+        if not self.pending and not self.offloaded:
+            self.loop.call_soon(self.flush)
+        self.pending.append((op, kwargs, done))
+
+    def submit_future(self, op: str, kwargs: dict) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self.submit(op, kwargs, lambda outcome: fut.done() or fut.set_result(outcome))
+        return fut
+
+    def flush(self) -> None:
+        if self.offloaded or not self.pending:
+            return  # flushed already, or a group holds the connection in the pool
+        if not self.waited and len(self.pending) < self.clients():
+            # Other clients may be about to send: one more turn of the loop reads
+            # whatever has arrived since, so it shares this commit.
+            self.waited = True
+            self.loop.call_soon(self.flush)
+            return
+        self.waited = False
+        group, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
+        if self.pending:
+            self.loop.call_soon(self.flush)
+        try:
+            outcomes = self._commit(group)
+        except apsw.BusyError:  # another process writes: wait for it off the loop
+            self.offloaded = True
+            fut = self.loop.run_in_executor(self.pool, self._commit_waiting, group)
+            fut.add_done_callback(lambda f: self._waited(group, f))
+            return
+        self._deliver(group, outcomes)
+
+    def _commit_waiting(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+        # In the pool: the loop does not touch the connection while self.offloaded.
+        self.store.conn.set_busy_timeout(self.busy_timeout_ms)
+        try:
+            return retry_busy(lambda: self._commit(group), self.store.busy_budget_s)
+        finally:
+            self.store.conn.set_busy_timeout(0)
+
+    def _waited(self, group: list[tuple[str, dict, Done]], fut: asyncio.Future) -> None:
+        self.offloaded = False
+        try:
+            outcomes = fut.result()
+        except OrchError as exc:  # busy past the budget
+            outcomes = [(False, exc)] * len(group)
+        except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
+            logger.exception("group commit failed")
+            outcomes = [(False, internal_error(exc))] * len(group)
+        self._deliver(group, outcomes)
+        if self.pending:
+            self.loop.call_soon(self.flush)
+
+    def _deliver(self, group: list[tuple[str, dict, Done]],
+                 outcomes: list[tuple[bool, Any]]) -> None:
+        for (_, _, done), outcome in zip(group, outcomes, strict=True):
+            try:
+                done(outcome)
+            except Exception:  # noqa: BLE001 -- one reply's failure is not the group's
+                logger.exception("delivering a reply failed")
+
+    def _commit(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+        """One attempt; BusyError (the file is locked) is the caller's to retry."""
+        try:
+            if len(group) == 1:  # alone: its own transaction, no savepoint needed
+                op, kwargs, _ = group[0]
+                fn, _ = OPERATIONS[op]
+                try:
+                    outcomes = [(True, self.store.write(
+                        lambda tx: fn(tx, clock.now_ms(), **kwargs), retry=False))]
+                except apsw.BusyError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 -- mapped, never raised here
+                    outcomes = [_failure(op, exc)]
+            else:
+                outcomes = self._commit_group(group)
+        except apsw.BusyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
+            logger.exception("group commit failed")
+            outcomes = [(False, internal_error(exc))] * len(group)
+        self.commits += 1
+        self.committed_requests += len(group)
+        return outcomes
+
+    def _commit_group(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.store.transaction() as tx:
+                for op, kwargs, _ in group:
+                    fn, _ = OPERATIONS[op]
+                    try:
+                        with tx.savepoint():
+                            try:
+                                outcome = (True, fn(tx, clock.now_ms(), **kwargs))
+                            except CommitAndRaise as refusal:  # its writes stand
+                                outcome = (False, refusal.error)
+                        outcomes.append(outcome)
+                    except Rollback as rb:
+                        outcomes.append((True, rb.result))
+                    except apsw.BusyError:
+                        raise  # the whole group is tried again
+                    except Exception as exc:  # noqa: BLE001 -- this request fails alone
+                        outcomes.append(_failure(op, exc))
+        except apsw.BusyError:
+            raise
+        except OrchError as exc:
+            return [(False, exc)] * len(group)
+        except apsw.Error as exc:  # the COMMIT itself failed: nothing of the group stands
+            logger.exception("group commit failed")
+            return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
+        return outcomes
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class Checkpointer(threading.Thread):
+    """Copies the WAL back into the database off the writer's path.
+
+    The writer's connection has automatic checkpoints off, so its commits never stop
+    to copy pages; this thread runs a PASSIVE checkpoint (it never blocks the writer)
+    every beat. Under steady writes a passive checkpoint never quite reaches the end
+    of the log, and a WAL that is never restarted grows without end (and with it the
+    shared-memory index every connection maps). So once the log is past
+    ``restart_frames``, a RESTART checkpoint makes the writer wait a moment while
+    the log is finished and started again from the beginning.
+    """
+
+    def __init__(self, store: SQLiteStore, every_s: float = 0.05,
+                 restart_frames: int = 4096):
+        super().__init__(name="orch-checkpointer", daemon=True)
+        self.store, self.every_s, self.restart_frames = store, every_s, restart_frames
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        mode = apsw.SQLITE_CHECKPOINT_PASSIVE
+        while not self.stopped.wait(self.every_s):
+            try:
+                frames, _ = self.store.conn.wal_checkpoint(mode=mode)
+            except apsw.Error as exc:  # busy now: try again on the next beat
+                logger.debug("background checkpoint skipped: {}", exc)
+                continue
+            mode = (apsw.SQLITE_CHECKPOINT_RESTART if frames > self.restart_frames
+                    else apsw.SQLITE_CHECKPOINT_PASSIVE)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def _failure(op: str, exc: Exception) -> tuple[bool, OrchError]:
+    """What a request that raised gets back; unexpected errors are logged, never raised."""
+    if isinstance(exc, OrchError):
+        return False, exc
+    if isinstance(exc, apsw.Error):
+        logger.bind(method=op).opt(exception=exc).error("request failed in the database")
+        return False, Unavailable(f"database error: {exc}")
+    logger.bind(method=op).opt(exception=exc).error("internal error")
+    return False, internal_error(exc)
