@@ -13,7 +13,6 @@ daemon whose own recovery is kept out of the way; exit codes come from the CLI.
 
 from __future__ import annotations
 
-import hmac
 import json
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from pathlib import Path
 
 import pytest
 from conftest import HELPERS, db_rows, orch_process, snapshot
-from freezegun import freeze_time
 from helpers.daemon_wire import Raw
 
-from orchestrator import Conflict, LeaseLost, Orchestrator
+from orchestrator import LeaseLost, Orchestrator
 from orchestrator.clock import now_ms
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
@@ -197,38 +195,6 @@ def test_a_released_session_fences_out_its_goals_and_the_new_holder_gets_them_fr
         assert o.doctor()["ok"]
 
 
-@pytest.mark.parametrize("outcome", ["succeeded", "failed", "cancelled", "requeue"])
-def test_every_release_of_a_session_or_goal_fences_out_its_running_descendants(
-        orch, outcome):
-    s = orch.start_session("w", ttl=60)
-    g = orch.create_goal(s["id"], s["token"], key="g")
-    x = orch.execute_tool_idempotent(g["id"], g["token"], "send", {}, key="x")
-    done = orch.execute_tool_idempotent(g["id"], g["token"], "read", {}, key="done")
-    orch.release_task(done["id"], done["token"], "succeeded", result=1)
-    # A goal released alone takes its own executions with it; the session goes on.
-    g_alone = orch.create_goal(s["id"], s["token"], key="alone")
-    x_alone = orch.execute_tool_idempotent(g_alone["id"], g_alone["token"], "send", {})
-    orch.release_task(g_alone["id"], g_alone["token"], outcome)
-    assert orch.get_task(x_alone["id"])["status"] == "unknown"
-    assert orch.verify(s["id"], s["token"])["valid"] and orch.verify(x["id"], x["token"])["valid"]
-
-    orch.release_task(s["id"], s["token"], outcome)
-    for c, status in ((g, "pending"), (x, "unknown")):
-        item = orch.get_task(c["id"])
-        assert item["status"] == status
-        expired = orch.list_events(item_id=c["id"])[-1]
-        assert (expired["type"], expired["detail"]["reason"]) == ("expired", "parent_released")
-        with pytest.raises(LeaseLost):
-            orch.heartbeat(c["id"], c["token"])
-    assert orch.get_task(done["id"])["status"] == "succeeded"
-    # release_and_claim releases the same way.
-    s3 = orch.start_session("w", ttl=60)
-    g3 = orch.create_goal(s3["id"], s3["token"])
-    orch.release_and_claim(s3["id"], s3["token"], outcome, kinds=["task"])
-    assert orch.get_task(g3["id"])["status"] == "pending"
-    assert orch.doctor()["ok"]
-
-
 # --- goals and tool executions are never handed out by a claim -----------------------
 
 
@@ -311,22 +277,6 @@ def test_a_goal_outliving_its_session_is_refused_before_any_recovery(
     assert r.code == 0 and f"{session} is gone" in r.out and "refused" in r.out, r
     assert snapshot(db_path) == before
     a.close()
-
-
-def test_a_child_is_fenced_at_the_instant_its_ancestors_lease_ends(orch):
-    with freeze_time(T0) as clock:
-        s = orch.start_session("w", ttl=10)
-        g = orch.create_goal(s["id"], s["token"], ttl=300)
-        x = orch.execute_tool_idempotent(g["id"], g["token"], "send", {}, ttl=300)
-        clock.tick(9.999)
-        orch.heartbeat(x["id"], x["token"])
-        orch.checkpoint(g["id"], g["token"], {"ok": True})
-        clock.tick(0.001)  # the session's lease ends at now + ttl: over at that instant
-        with pytest.raises(LeaseLost, match=f"session {s['id']}"):
-            orch.heartbeat(x["id"], x["token"])
-        with pytest.raises(LeaseLost, match=f"session {s['id']}"):
-            orch.checkpoint(g["id"], g["token"], {"ok": False})
-        assert [e["id"] for e in orch.status()["expired_leases"]] == [s["id"]]
 
 
 def test_a_child_made_under_an_earlier_claim_of_its_parent_is_refused(orch, db_path):
@@ -424,45 +374,3 @@ def test_claim_by_id_recovery_commits_inside_a_daemon_group(start_daemon, db_pat
     assert "result" in replies[2]
     assert rows(db_path, item["id"])[item["id"]][:2] == ("unknown", 1)
     assert d.stop() == 0
-
-
-def test_claim_by_id_recovery_is_committed_though_the_claim_is_refused(orch):
-    with freeze_time(T0) as clock:
-        item = orch.submit_task("x", effect="unsafe")
-        orch.claim_task("w1", ttl=5)
-        clock.tick(5)
-        with pytest.raises(Conflict, match="now unknown") as refused:
-            orch.claim_task("w2", item_id=item["id"])
-        assert refused.value.data == {"item_id": item["id"], "status": "unknown"}
-        assert orch.get_task(item["id"])["status"] == "unknown"
-        assert orch.stale_recovery()["count"] == 0  # nothing left for recovery
-    assert orch.doctor()["ok"]
-
-
-# --- tokens are compared in constant time --------------------------------------------
-
-
-def test_tokens_are_compared_in_constant_time(orch, monkeypatch):
-    compared: list[tuple[str, str]] = []
-    real = hmac.compare_digest
-
-    def spy(a, b):
-        compared.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(hmac, "compare_digest", spy)
-    orch.submit_task("x")
-    c = orch.claim_task("w1")
-    wrong = "not-" + c["token"]
-    with pytest.raises(LeaseLost):
-        orch.heartbeat(c["id"], wrong)
-    assert orch.verify(c["id"], wrong)["valid"] is False
-    with pytest.raises(LeaseLost):
-        orch.checkpoint(c["id"], wrong, 1)
-    with pytest.raises(LeaseLost):
-        orch.release_task(c["id"], wrong, "succeeded")
-    assert len(compared) == 4 and all(a != b for a, b in compared)
-    orch.heartbeat(c["id"], c["token"])
-    assert orch.verify(c["id"], c["token"])["valid"]
-    orch.release_task(c["id"], c["token"], "succeeded")
-    assert len(compared) == 7 and all(a == b for a, b in compared[4:])

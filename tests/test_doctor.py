@@ -281,28 +281,6 @@ def test_doctor_catches_each_agent_tree_hole_the_engine_lets_through(db_path):
     assert p.returncode == (1 if expect else 0), p.stdout + p.stderr
 
 
-def test_doctor_is_clean_after_ordinary_work(orch):
-    # tasks, a session tree, recovery and takeover, all by the rules
-    with freeze_time("2030-01-01") as clock:
-        orch.submit_many([{"payload": i} for i in range(3)])
-        a = orch.claim_task("w", ttl=5)
-        orch.heartbeat(a["id"], a["token"])
-        orch.checkpoint(a["id"], a["token"], {"half": True})
-        orch.release_task(a["id"], a["token"], "failed", retry_in=0)
-        b = orch.claim_task("w", ttl=1)
-        s = orch.start_session("agent", ttl=5)
-        g = orch.create_goal(s["id"], s["token"], key="g")
-        t = orch.execute_tool_idempotent(g["id"], g["token"], "tool", {"x": 1})
-        orch.release_task(t["id"], t["token"], "succeeded", result=1)
-        orch.release_task(g["id"], g["token"], "succeeded")
-        clock.tick(2)
-        orch.claim_task("w2", ttl=5, item_id=b["id"])  # a takeover
-        clock.tick(10)
-        assert orch.stale_recovery()["count"] == 2
-        report = orch.doctor()
-    assert report["ok"], report["problems"]
-
-
 # --- a damaged file ------------------------------------------------------------------
 
 
