@@ -1,34 +1,21 @@
-"""Cascade fencing in the agent tree (session → goal → tool execution).
-
-A goal's or tool execution's claim is good only while every ancestor still holds the
-claim it was made under, checked by each holder write itself, whenever recovery last
-ran. Ending a parent's claim (a release of any outcome, expiry, takeover) fences out
-its running descendants in the same transaction. Goals and tool executions are
-claimed only for their parent's holder, never by a claim. A claim by id of an expired
-lease follows the recovery rules: an unsafe item becomes unknown and is not run again.
-
-Agents are real processes (tests/helpers/agent_steps.py), embedded or through a real
-daemon whose own recovery is kept out of the way; exit codes come from the CLI.
-"""
+"""Cascade fencing as real agent processes see it, embedded and through a daemon whose own
+recovery is kept out of the way: a child's write checks every ancestor's claim itself,
+whenever recovery last ran; a released session's tree is fenced out and handed to the
+next holder fresh; goals and tool executions are claimed only for their parent's holder,
+never by a claim; a claim by id of an expired unsafe item makes it unknown and runs
+nothing. Agents are tests/helpers/agent_steps.py processes; exit codes come from the CLI."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import HELPERS, db_rows, orch_process, snapshot
+from conftest import db_rows, events_of, orch_process, sleep_past, snapshot, spawn
 from helpers.daemon_wire import Raw
 
 from orchestrator import LeaseLost, Orchestrator
-from orchestrator.clock import now_ms
-
-T0 = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -53,10 +40,7 @@ class Agent:
     """One agent process: ``agent.ok(op, ...)`` / ``agent.refused(op, ...)``."""
 
     def __init__(self, mode: Mode, log: Path):
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(HELPERS / "agent_steps.py"), mode.name, mode.where],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.proc = spawn("agent_steps.py", mode.name, mode.where, log=log, stdin=True)
         self.log = log
         assert self.proc.stdout.readline().strip() == "ready", log.read_text()
 
@@ -111,21 +95,13 @@ def rows(db: Path, *ids: int) -> dict[int, tuple]:
 
 def events(db: Path, item_id: int) -> list[tuple]:
     """(seq, at, type, reason) of the item's events, oldest first."""
-    return [(seq, at, type_, json.loads(detail).get("reason")) for seq, at, type_, detail in
-            db_rows(db, "SELECT seq, at, type, detail FROM event_log WHERE item_id = ? "
-                        "ORDER BY seq", (item_id,))]
-
-
-def sleep_past(ms: int) -> None:
-    time.sleep(max(0.0, (ms - now_ms()) / 1000) + 0.05)
+    return [(e["seq"], e["at"], e["type"], e["detail"].get("reason"))
+            for e in events_of(db, item_id)]
 
 
 def lease_lost(answer: dict, names: str) -> None:
     assert (answer["error"], answer["exit"]) == ("LeaseLost", 4), answer
     assert names in answer["message"], answer
-
-
-# --- releasing a session fences out its running tree ---------------------------------
 
 
 def test_a_released_session_fences_out_its_goals_and_the_new_holder_gets_them_fresh(
@@ -195,9 +171,6 @@ def test_a_released_session_fences_out_its_goals_and_the_new_holder_gets_them_fr
         assert o.doctor()["ok"]
 
 
-# --- goals and tool executions are never handed out by a claim -----------------------
-
-
 def test_goals_and_tool_executions_are_claimed_only_through_their_parents_holder(
         mode, agents, cli, db_path):
     a, generic = agents("a"), agents("generic")
@@ -240,9 +213,6 @@ def test_goals_and_tool_executions_are_claimed_only_through_their_parents_holder
     assert (out["released"]["status"], out["next"]) == ("succeeded", None)
     a.close()
     generic.close()
-
-
-# --- a child's write checks every ancestor's claim, not only its own -----------------
 
 
 def test_a_goal_outliving_its_session_is_refused_before_any_recovery(
@@ -310,9 +280,6 @@ def test_a_child_made_under_an_earlier_claim_of_its_parent_is_refused(orch, db_p
     assert g2["fence"] > b["fence"]
     last = [e for e in orch.list_events(item_id=g["id"]) if e["type"] == "expired"][-1]
     assert last["detail"]["reason"] == "parent_lease_lost"
-
-
-# --- a claim by id of an expired lease follows the recovery rules --------------------
 
 
 def test_claim_by_id_of_an_expired_unsafe_item_makes_it_unknown_and_runs_nothing(
