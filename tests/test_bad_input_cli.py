@@ -1,8 +1,6 @@
-"""Bad input, through the CLI and through the Python API (SPEC section 10).
-
-Every case: the documented exit code / exception, a message naming the field (and the
-limit, for limits), and a database left exactly as it was.
-"""
+"""Bad input on the command line: the documented exit code, one ``orch: error:`` line
+naming the field (and the limit, for limits), and a database left exactly as it was;
+values exactly at the limits are accepted."""
 
 from __future__ import annotations
 
@@ -10,48 +8,7 @@ import json
 
 import pytest
 from conftest import snapshot
-
-MiB = 1 << 20
-
-
-def nested_text(depth: int) -> str:
-    return "[" * depth + "]" * depth
-
-
-def nested_value(depth: int) -> list:
-    v: list = []
-    for _ in range(depth - 1):
-        v = [v]
-    return v
-
-
-def string_text(n_bytes: int) -> str:
-    """JSON text of a string that is exactly ``n_bytes`` long, quotes included."""
-    return json.dumps("x" * (n_bytes - 2))
-
-
-class World:
-    """A pending item, a running item (with its token) and a succeeded item."""
-
-    def __init__(self, orch):
-        self.pending = orch.submit_task({"p": 1}, queue="q")["id"]
-        self.running = orch.submit_task({"r": 1}, queue="q")["id"]
-        self.done = orch.submit_task({"d": 1}, queue="q")["id"]
-        c = orch.claim_task("w0", item_id=self.done)
-        orch.release_task(self.done, c["token"], "succeeded", result="ok")
-        c = orch.claim_task("w1", item_id=self.running, ttl=3600)
-        self.token = c["token"]
-        self.fence = c["fence"]
-
-    def fmt(self, args: list[str]) -> list[str]:
-        subs = {"{P}": self.pending, "{R}": self.running, "{S}": self.done, "{T}": self.token,
-                "{R}={T}": f"{self.running}={self.token}"}
-        return [str(subs[a]) if a in subs else a for a in args]
-
-
-@pytest.fixture
-def world(orch):
-    return World(orch)
+from helpers.bad_values import MiB, nested_text, string_text
 
 
 def assert_one_error(r, code: int, *needles: str) -> str:
@@ -63,10 +20,12 @@ def assert_one_error(r, code: int, *needles: str) -> str:
     return r.err
 
 
-# --- the CLI ----------------------------------------------------------------------------
-
 OVER = string_text(MiB + 1)
+
+
 DEEP = nested_text(65)
+
+
 CLI_CASES = {
     # malformed JSON
     "payload-malformed": (["submit", "--payload", "{bad"], 2, ["payload"]),
