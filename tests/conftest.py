@@ -426,6 +426,7 @@ class DaemonProcess:
                 try:
                     with Client(self.sock, connect_within=0) as c:
                         c.ping()
+                    self._drain_stderr()
                     return self
                 except OrchError:
                     pass  # not answering yet

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
-from conftest import HELPERS, fetch_all, orch_process, sqlite_connection
+import apsw
+from conftest import HELPERS, doctor_ok, fetch_all, orch_process, sqlite_connection
+from helpers.daemon_wire import Raw, serves
 
 
 def test_submit_gives_up_with_exit_7_while_another_process_holds_the_write_lock(db_path,
@@ -44,3 +46,28 @@ def test_submit_gives_up_with_exit_7_while_another_process_holds_the_write_lock(
     p = orch_process("submit", "--payload", '{"x": 1}', db=db_path,
                      env={"ORCH_BUSY_TIMEOUT": "0.5"})
     assert p.returncode == 0, p.stderr
+
+
+def test_a_file_locked_by_another_process_does_not_stop_the_daemon(start_daemon):
+    """The group commit runs in the loop's thread, but never waits there for the lock."""
+    d = start_daemon()
+    with Raw(d.sock) as a, Raw(d.sock) as b:
+        item = a.result("submitTask", {"queue": "lk"})
+        holder = apsw.Connection(str(d.db))
+        holder.execute("BEGIN IMMEDIATE")  # another process is writing
+        try:
+            a.send_json({"jsonrpc": "2.0", "id": "w", "method": "submitTask",
+                         "params": {"queue": "lk", "payload": 2}})
+            time.sleep(0.3)
+            t = time.monotonic()
+            assert b.result("ping")["pong"] is True
+            assert b.result("getTask", {"item_id": item["id"]})["id"] == item["id"]
+            assert time.monotonic() - t < 1.0  # answered while the write waits
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        reply = a.reply(timeout=15)
+        assert reply["id"] == "w" and reply["result"]["payload"] == 2
+        assert b.result("listTasks", {"queue": "lk"})[0]["id"] == reply["result"]["id"]
+    assert serves(d.sock)
+    doctor_ok(d.db)
