@@ -1,20 +1,35 @@
-"""Shared fixtures: real database files in tmp_path, the CLI in-process and as a subprocess."""
+"""Shared fixtures and helpers: real files in tmp_path, one frozen clock, the storage
+backends the contract suite runs against, the CLI in-process and as a subprocess, real
+helper processes (kill -9 included) and the daemon as a real subprocess.
+
+The contract suite is every test that takes ``store`` or ``api`` (most of them live in
+tests/contract/): it runs once per entry of BACKENDS, so a second storage backend is
+done when the suite passes with it added there.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from freezegun import freeze_time
 
 from orchestrator import OrchError, Orchestrator
 from orchestrator.cli import run
+from orchestrator.clock import now_ms
 
 ROOT = Path(__file__).resolve().parent.parent
+HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
 @pytest.fixture
@@ -24,8 +39,126 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def orch(db_path: Path):
+    """The embedded API on db_path: for tests that also reach the file another way
+    (the CLI, SQL, other processes). Tests of the operations alone take ``api``."""
     with Orchestrator(db_path) as o:
         yield o
+
+
+# --- one clock ---------------------------------------------------------------------------
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+@pytest.fixture
+def clock():
+    """Time frozen at T0: every time the engine stores comes from
+    ``orchestrator.clock.now_ms()``, so stored times are exact, and ``clock.tick(s)`` /
+    ``at_ms(clock, ms)`` move them."""
+    with freeze_time(T0) as frozen:
+        yield frozen
+
+
+def at_ms(frozen, ms: int) -> None:
+    """Move the frozen clock to epoch milliseconds ``ms``."""
+    frozen.move_to(datetime.fromtimestamp(ms / 1000, UTC))
+    assert now_ms() == ms
+
+
+def sleep_past(ms: int, margin_s: float = 0.05) -> None:
+    """Sleep (real time) until epoch milliseconds ``ms`` have passed."""
+    time.sleep(max(0.0, (ms - now_ms()) / 1000) + margin_s)
+    assert now_ms() > ms
+
+
+# --- the storage backends: the contract suite runs once per entry -----------------------
+
+
+class SQLiteBackend:
+    """The SQLite store: real files in a directory of tmp_path, opened by
+    ``orchestrator.Orchestrator`` (over ``orchestrator.store.SQLiteStore``)."""
+
+    name = "sqlite"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.path = directory / "orchestrator.db"  # the store ``api`` works on
+
+    def open(self, name: str = "orchestrator") -> Orchestrator:
+        """The API on the store ``name``: the default one again (a restart), or another,
+        new and empty."""
+        return Orchestrator(self.directory / f"{name}.db")
+
+    def snapshot(self) -> dict:
+        """Every row of the default store, items in id order: two snapshots compare
+        equal when a refused request changed nothing."""
+        return snapshot(self.path)
+
+    def commits(self, api: Orchestrator) -> list[int]:
+        """A list that grows by one at each commit of ``api``'s connection."""
+        commits: list[int] = []
+        # SQLite calls the WAL hook once per commit
+        api.store.conn.set_wal_hook(lambda _conn, _db, _frames: commits.append(1) or 0)
+        return commits
+
+
+# A second backend (PostgreSQL) adds its entry here: name -> factory(tmp_path).
+BACKENDS = {"sqlite": lambda tmp_path: SQLiteBackend(tmp_path / "data")}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request, tmp_path: Path):
+    """One storage backend, empty: the contract suite's parameter."""
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def api(store):
+    """The Python API on ``store``."""
+    with store.open() as a:
+        yield a
+
+
+def events_of(db_or_api, item_id: int) -> list[dict]:
+    """Every event of one item, oldest first: from an API handle (embedded or client), or
+    read straight from a database file (Path) on a read-only connection."""
+    if isinstance(db_or_api, Path):
+        cols = ("seq", "at", "item_id", "type", "worker_id", "fence", "detail")
+        rows = db_rows(db_or_api, f"SELECT {', '.join(cols)} FROM event_log "
+                                  "WHERE item_id = ? ORDER BY seq", (item_id,))
+        return [{**dict(zip(cols, r, strict=True)), "detail": json.loads(r[-1])}
+                for r in rows]
+    return db_or_api.list_events(item_id=item_id, limit=0)
+
+
+def types_of(db_or_api, item_id: int) -> list[str]:
+    return [e["type"] for e in events_of(db_or_api, item_id)]
+
+
+def n_events(api) -> int:
+    return len(api.list_events(limit=0))
+
+
+def ceiling_ms(attempt: int) -> int:
+    """The longest backoff after failed attempt ``attempt``."""
+    return min(300_000, 1000 * 2 ** (attempt - 1))
+
+
+def assert_backoff(item: dict, now: int, attempt: int) -> None:
+    delta = item["run_after"] - now
+    ceil = ceiling_ms(attempt)
+    assert ceil // 2 <= delta <= ceil, (attempt, delta)
+
+
+@pytest.fixture
+def world(request):
+    """A pending, a running (its token kept) and a succeeded item, made through the API
+    the test takes: ``api``, or ``orch`` on db_path."""
+    from helpers.bad_values import World
+
+    return World(request.getfixturevalue("api" if "api" in request.fixturenames
+                                         else "orch"))
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +187,57 @@ def snapshot(db: Path) -> dict:
         conn.close()
 
 
+# --- real helper processes --------------------------------------------------------------
+
+
+def spawn(script: str, *args: str, log: Path, stdin: bool = False) -> subprocess.Popen:
+    """tests/helpers/SCRIPT as its own process: stdout a text pipe, stderr to ``log``
+    (and stdin a pipe when asked)."""
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, str(HELPERS / script), *args],
+                                stdin=subprocess.PIPE if stdin else None,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+
+
+def close_pipes(p: subprocess.Popen) -> None:
+    for f in (p.stdin, p.stdout, p.stderr):
+        if f is not None:
+            f.close()
+
+
+def reap(p: subprocess.Popen) -> None:
+    """Kill ``p`` if it still runs (cleanup, whatever state the test left it in), wait
+    for it, and close its pipes."""
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    close_pipes(p)
+
+
+def kill9(p: subprocess.Popen) -> None:
+    """kill -9: SIGKILL ``p``, see it die of that signal, and close its pipes."""
+    os.kill(p.pid, signal.SIGKILL)
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    close_pipes(p)
+
+
 # --- many real processes released at once ----------------------------------------------
 
 
-HELPERS = Path(__file__).resolve().parent / "helpers"
+def sqlite_connection(db: Path):
+    """A plain APSW connection, read and write: no orch code between the test and the
+    file (to tamper with it, or to look at what orch does not show)."""
+    import apsw
+
+    return apsw.Connection(str(db))
+
+
+def fetch_all(conn, sql: str, params=()) -> list[tuple]:
+    return conn.execute(sql, params).fetchall()
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -81,10 +261,8 @@ def racers(script: str, n: int, args_for, log_dir: Path):
     procs: list[subprocess.Popen] = []
     try:
         for i in range(n):
-            with open(log_dir / f"racer-{i}.err", "w") as err:
-                procs.append(subprocess.Popen(
-                    [sys.executable, str(HELPERS / script), *args_for(i)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
+            procs.append(spawn(script, *args_for(i), log=log_dir / f"racer-{i}.err",
+                               stdin=True))
         for i, p in enumerate(procs):
             line = p.stdout.readline()
             assert line.strip() == "ready", (
@@ -93,12 +271,7 @@ def racers(script: str, n: int, args_for, log_dir: Path):
         yield procs
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    f.close()
+            reap(p)
 
 
 def release_barrier(procs: list[subprocess.Popen]) -> None:
@@ -157,6 +330,25 @@ def one_error_line(r, code: int) -> str:
     return r.err
 
 
+def ok(r: CliResult) -> None:
+    assert r.code == 0, r
+    assert r.err == "", r
+
+
+def submit(cli, *args: str) -> int:
+    """``orch submit --json ARGS`` through the ``cli`` fixture; the new item's id."""
+    r = cli("submit", "--json", *args)
+    ok(r)
+    return r.json["id"]
+
+
+def claim(cli, *args: str) -> dict:
+    """``orch claim --worker w1 ARGS`` through the ``cli`` fixture; the claim."""
+    r = cli("claim", "--worker", "w1", *args)
+    ok(r)
+    return r.json
+
+
 @pytest.fixture
 def cli(db_path: Path, capsys: pytest.CaptureFixture):
     """Run ``orch`` in-process against db_path: cli("submit", "--payload", "1")."""
@@ -175,6 +367,12 @@ def orch_process(*args: str, db: Path | None = None, env: dict | None = None,
     cmd = [sys.executable, "-m", "orchestrator", *(["--db", str(db)] if db else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env=full_env, input=input, check=False)
+
+
+def doctor_ok(db: Path) -> None:
+    """``orch doctor`` on ``db``, in a process of its own, finds nothing wrong."""
+    p = orch_process("doctor", db=db)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 @pytest.fixture
@@ -199,16 +397,20 @@ def short_tmp():
 
 
 class DaemonProcess:
-    """``orch daemon`` in a subprocess on ``db`` and ``sock``; stopped at teardown."""
+    """``orch daemon`` in a subprocess on ``db`` and ``sock``; stopped at teardown.
+
+    Its stderr is read as it goes (a daemon that logs a lot, tracebacks of bad requests
+    say, must not block on a full pipe): ``stderr_text()`` is what it wrote there, all of
+    it once it has exited; ``log_text()`` is its log file."""
 
     def __init__(self, db: Path, sock: Path, *args: str, wrap: tuple[str, ...] = ()):
         self.db, self.sock, self.args, self.wrap = db, sock, args, tuple(wrap)
         self.proc: subprocess.Popen | None = None
         self.log = sock.with_name("daemon.log")
+        self._stderr: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> DaemonProcess:
-        import time
-
         from orchestrator.client import Client
 
         cmd = [*self.wrap, sys.executable, "-m", "orchestrator", "--db", str(self.db), "--socket",
@@ -224,11 +426,32 @@ class DaemonProcess:
                 try:
                     with Client(self.sock, connect_within=0) as c:
                         c.ping()
+                    self._drain_stderr()
                     return self
                 except OrchError:
                     pass  # not answering yet
             time.sleep(0.05)
         raise RuntimeError("daemon did not start")
+
+    def _drain_stderr(self) -> None:
+        pipe = self.proc.stderr
+
+        def drain() -> None:
+            try:
+                while chunk := pipe.read(1 << 16):
+                    self._stderr.append(chunk)
+            except (ValueError, OSError):
+                pass
+        self._reader = threading.Thread(target=drain, daemon=True)
+        self._reader.start()
+
+    def stderr_text(self) -> str:
+        if self._reader is not None and self.proc.poll() is not None:
+            self._reader.join(10)
+        return "".join(self._stderr)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
     def client(self, **kw):
         from orchestrator.client import Client
@@ -236,8 +459,6 @@ class DaemonProcess:
         return Client(self.sock, **kw)
 
     def stop(self, sig: int | None = None, timeout: float = 20.0) -> int:
-        import signal
-
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -247,13 +468,14 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(10)
         self.proc.stdout.close()
         self.proc.stderr.close()
         return code
 
     def kill(self) -> None:
-        import signal
-
+        """kill -9 (the daemon may be dead or wedged already: no graceful stop)."""
         self.stop(signal.SIGKILL)
 
 
@@ -273,3 +495,18 @@ def start_daemon(short_tmp: Path):
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon) -> DaemonProcess:
+    """A daemon on a new database of its own."""
+    return start_daemon()
+
+
+@pytest.fixture
+def raw(daemon):
+    """One raw connection to ``daemon`` (tests/helpers/daemon_wire.py)."""
+    from helpers.daemon_wire import Raw
+
+    with Raw(daemon.sock) as r:
+        yield r

@@ -1,45 +1,27 @@
-"""kill -9: a holder that dies loses its lease, is fenced out for good, and the file
-survives a writer killed mid-burst (SPEC sections 4 and 5)."""
+"""kill -9: a holder that dies loses its lease and is fenced out for good; the file
+survives writers killed mid-burst; a daemon killed under load keeps every submit it
+acknowledged, and its clients learn that an unanswered call's outcome is unknown."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import apsw
 import pytest
-from conftest import orch_process
+from conftest import HELPERS, db_rows, doctor_ok, kill9, orch_process, reap, spawn
+from helpers.daemon_wire import serves, wait_until
 
 from orchestrator import LeaseLost, Orchestrator
-
-HELPERS = Path(__file__).resolve().parent / "helpers"
-
-pytestmark = pytest.mark.slow
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def spawn(script: str, *args: str, log: Path) -> subprocess.Popen:
-    err = open(log, "w")  # noqa: SIM115 -- the child process writes it; closed after
-    try:
-        return subprocess.Popen([sys.executable, str(HELPERS / script), *args],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    finally:
-        err.close()
-
-
-def kill9(p: subprocess.Popen) -> None:
-    os.kill(p.pid, signal.SIGKILL)
-    assert p.wait(timeout=10) == -signal.SIGKILL
-    p.stdout.close()
+from orchestrator.clock import now_ms
+from orchestrator.errors import OutcomeUnknown
 
 
 def integrity(db: Path) -> list:
@@ -76,6 +58,7 @@ def dead_holder(db_path, tmp_path):
     return safe, unsafe, claims
 
 
+@pytest.mark.slow
 def test_killed_holder_is_recovered_and_fenced_out(db_path, dead_holder):
     safe, unsafe, claims = dead_holder
     old_fences = {i: c["fence"] for i, c in claims.items()}
@@ -171,6 +154,7 @@ def test_killed_holder_is_recovered_and_fenced_out(db_path, dead_holder):
         assert report["ok"], report["problems"]
 
 
+@pytest.mark.slow
 def test_killed_holder_is_taken_over_before_recovery(db_path, dead_holder):
     safe, _unsafe, claims = dead_holder
     old = claims[safe]
@@ -193,6 +177,7 @@ def test_killed_holder_is_taken_over_before_recovery(db_path, dead_holder):
         assert report["ok"], report["problems"]
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_mid_burst_leaves_a_sound_file(db_path, tmp_path):
     with Orchestrator(db_path) as o:
         o.submit_task({"seed": True})
@@ -236,3 +221,81 @@ def test_kill_minus_nine_mid_burst_leaves_a_sound_file(db_path, tmp_path):
     assert integrity(db_path) == [("ok",)]
     p = orch_process("doctor", db=db_path)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_kill_9_under_load_keeps_every_acknowledged_submit(start_daemon, short_tmp):
+    d = start_daemon()
+    outs = [short_tmp / f"load{i}.txt" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, str(HELPERS / "daemon_load_client.py"),
+                               str(d.sock), f"c{i}", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i, out in enumerate(outs)]
+    try:
+        def acked(out: Path) -> int:
+            return out.read_text().count("ack ") if out.exists() else 0
+        assert wait_until(lambda: all(acked(o) >= 30 for o in outs), 30)
+        d.kill()
+        for p in procs:
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            reap(p)
+    assert d.sock.exists()  # left behind by the dead daemon
+    acks: dict[str, int] = {}
+    fences: list[int] = []
+    unknown: set[str] = set()
+    for out in outs:
+        for line in out.read_text().splitlines():
+            word, *rest = line.split()
+            if word == "ack":
+                acks[rest[0]] = int(rest[1])
+            elif word == "fence":
+                fences.append(int(rest[0]))
+            else:
+                unknown.add(rest[0])
+    assert len(acks) >= 120 and fences
+    assert len(fences) == len(set(fences))  # no fence handed out twice
+
+    d2 = start_daemon(db=d.db, sock=d.sock)  # the stale socket is no obstacle
+    keys = Counter(k for (k,) in db_rows(d.db, "SELECT key FROM items WHERE queue='load'"))
+    by_key = dict(db_rows(d.db, "SELECT key, id FROM items WHERE queue='load'"))
+    for key, item_id in acks.items():
+        assert keys[key] == 1, key
+        assert by_key[key] == item_id
+    assert set(keys) <= set(acks) | unknown  # nothing appeared that nobody asked for
+    doctor_ok(d.db)
+    max_fence_in_file = db_rows(d.db, "SELECT max(fence) FROM items")[0][0]
+    with d2.client() as c:
+        c.submit_task({"after": "restart"}, queue="after")
+        claim = c.claim_task("after", ["after"])
+    assert claim["fence"] > max(fences) and claim["fence"] > max_fence_in_file
+    assert serves(d2.sock)
+
+
+def test_daemon_killed_mid_call(start_daemon):
+    """The client cannot know whether a call whose connection died ran: OutcomeUnknown,
+    and exit 7 from the CLI (daemon gone mid-call)."""
+    d = start_daemon()
+    seen: list[BaseException] = []
+
+    def parked():
+        with d.client(timeout=5) as c:
+            try:
+                c.claim_task("w", ["void"], wait=20)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                seen.append(exc)
+
+    t = threading.Thread(target=parked)
+    t.start()
+    cli = subprocess.Popen([sys.executable, "-m", "orchestrator", "--socket", str(d.sock),
+                            "--db", str(d.db), "claim", "--worker", "cli", "--queue", "void",
+                            "--wait", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    time.sleep(1.0)  # both parked in the daemon
+    d.kill()
+    t.join(10)
+    out, err = cli.communicate(timeout=15)
+    assert seen and isinstance(seen[0], OutcomeUnknown), seen
+    assert cli.returncode == 7, (out, err)
+    assert err.startswith("orch: error:")

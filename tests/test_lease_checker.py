@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import HELPERS, DaemonProcess, orch_process
+from conftest import HELPERS, DaemonProcess, orch_process, reap
 
 from orchestrator import Orchestrator, doctor
 
@@ -83,9 +83,7 @@ def test_random_workers_keep_every_lease_rule(short_tmp: Path):
             assert r.wait(timeout=60) == 0
     finally:
         for p in workers + recoveries:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            reap(p)
         assert daemon.stop() == 0
 
     with Orchestrator(db) as o:

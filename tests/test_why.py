@@ -1,4 +1,5 @@
-"""``orch why``: each event type's sentence, word for word, at frozen times.
+"""``orch why``: each event type's sentence, word for word, at frozen times, and the
+plain-words answer for each status with real time.
 
 Every fact must be one an event recorded: who held the lease and under which fence,
 when its lease ended and when recovery took it, what a release or a resolve said.
@@ -6,24 +7,19 @@ when its lease ended and when recovery took it, what a release or a resolve said
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+import time
+from datetime import timedelta
 
 import pytest
-from freezegun import freeze_time
+from conftest import T0
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 RESOLVE = "Resolve with orch resolve {} --outcome succeeded|failed|retry|cancelled"
 
 
 def at(seconds: float) -> str:
     """The ISO time ``seconds`` after T0, as why prints it."""
     return (T0 + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
-
-
-@pytest.fixture
-def clock():
-    with freeze_time(T0) as frozen:
-        yield frozen
 
 
 @pytest.fixture
@@ -197,3 +193,55 @@ def test_json_answer_and_unknown_item(orch, cli, clock):
                       "text": f"pending: submitted at {at(0)}, not claimed yet; claimable now"}
     r = cli("why", "999")
     assert (r.code, r.out, r.err) == (5, "", "orch: error: item 999 not found\n")
+
+
+def test_why_text_and_json_for_each_status(orch, cli):
+    def why(item_id: int) -> str:
+        r = cli("why", str(item_id))
+        assert r.code == 0, r
+        j = cli("--json", "why", str(item_id))
+        assert j.code == 0 and j.json["text"] == r.out.strip() and j.json["id"] == item_id
+        return r.out.strip()
+
+    # pending, after a failed attempt with a retry scheduled
+    a = orch.submit_task({"n": 1}, queue="why")
+    c = orch.claim_task("w1", ["why"], ttl=30)
+    orch.release_task(a["id"], c["token"], "failed", error="flaky", retry_in=60)
+    text = why(a["id"])
+    assert text.startswith("pending:") and "retry 2 of 3" in text and "after failure" in text
+    assert "flaky" in text and re.search(r"claimable in (59|60)(\.\d)? s", text), text
+    # running
+    b = orch.submit_task({"n": 2}, queue="why")
+    c = orch.claim_task("w-run", ["why"], ttl=30)
+    text = why(b["id"])
+    assert text.startswith("running:") and "held by w-run" in text, text
+    assert re.search(r"lease ends in (29|30)(\.\d)? s", text), text
+    # unknown: an unsafe tool execution whose lease was lost
+    s = orch.start_session("agent-why", ttl=60)
+    g = orch.create_goal(s["id"], s["token"])
+    e = orch.execute_tool_idempotent(g["id"], g["token"], "charge", {"eur": 5}, ttl=0.05)
+    time.sleep(0.1)
+    assert orch.stale_recovery()["count"] == 1
+    text = why(e["id"])
+    assert text.startswith("unknown:") and "tool execution" in text, text
+    assert f"orch resolve {e['id']}" in text
+    # dead: out of attempts
+    d = orch.submit_task({"n": 3}, queue="why", max_attempts=1)
+    c = orch.claim_task("w1", ["why"], ttl=30)
+    orch.release_task(d["id"], c["token"], "failed", error="broken")
+    text = why(d["id"])
+    assert text.startswith("dead:") and "broken" in text, text
+    # succeeded
+    ok = orch.submit_task({"n": 4}, queue="why")
+    c = orch.claim_task("w-ok", ["why"], ttl=30)
+    orch.release_task(ok["id"], c["token"], "succeeded")
+    text = why(ok["id"])
+    assert text.startswith("succeeded:") and "w-ok" in text and "1 attempt" in text, text
+    # cancelled before it ran
+    x = orch.submit_task({"n": 5}, queue="why")
+    orch.cancel_task(x["id"])
+    text = why(x["id"])
+    assert text.startswith("cancelled:") and "before it ran" in text, text
+    # no such item
+    r = cli("why", "999999")
+    assert r.code == 5 and r.err.startswith("orch: error: ")

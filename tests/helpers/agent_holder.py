@@ -1,4 +1,4 @@
-"""An agent that dies holding its session: for the kill -9 tests in tests/test_agents.py.
+"""An agent that dies holding its session: for the kill -9 tests in tests/test_agent_sessions.py.
 
     agent_holder.py DB TTL_SECONDS SESSION_KEY
 

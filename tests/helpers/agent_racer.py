@@ -1,4 +1,4 @@
-"""One racer for the executeToolIdempotent races in tests/test_agents.py, its own process.
+"""One racer for the executeToolIdempotent races in tests/test_races.py, its own process.
 
     agent_racer.py embedded DB GOAL_ID TOKEN INDEX
     agent_racer.py daemon SOCKET GOAL_ID TOKEN INDEX

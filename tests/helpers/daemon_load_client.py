@@ -1,4 +1,4 @@
-"""A client process that loads the daemon until it goes away (tests/test_daemon_faults.py).
+"""A client process that loads the daemon until it goes away (tests/test_crash.py).
 
     daemon_load_client.py SOCKET NAME OUT_FILE
 

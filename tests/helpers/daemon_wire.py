@@ -1,6 +1,7 @@
-"""Raw JSON lines over the daemon's Unix socket, for the daemon protocol and fault tests.
+"""Raw JSON lines over the daemon's Unix socket: the one raw client of the tests.
 
-No orch code is used here on purpose: the tests speak the wire format themselves.
+No orch code is used here on purpose: the tests speak the wire format themselves, and
+the error codes below are the documented ones, written out independently of the code.
 """
 
 from __future__ import annotations
@@ -8,9 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Self
+
+PARSE, INVALID_REQUEST, NO_METHOD, INVALID_PARAMS = -32700, -32600, -32601, -32602
+LEASE_LOST, NOT_FOUND, CONFLICT, LIMIT, UNAVAILABLE = 1001, 1002, 1003, 1004, 1005
 
 _ids = itertools.count(1)
 
@@ -109,7 +114,11 @@ class Raw:
             msg["params"] = params
         msg.update(extra)
         self.send_json(msg)
-        return self.reply(timeout)
+        reply = self.reply(timeout)
+        # an error about a request the daemon could not read may carry a null id
+        echoed = (msg["id"], None) if "error" in reply else (msg["id"],)
+        assert reply["jsonrpc"] == "2.0" and reply["id"] in echoed, (msg, reply)
+        return reply
 
     def result(self, method: str, params: Any = None, **kw: Any) -> Any:
         r = self.call(method, params, **kw)
@@ -138,3 +147,58 @@ def wait_until(pred, timeout: float, every: float = 0.02) -> bool:
             return True
         time.sleep(every)
     return bool(pred())
+
+
+def claimed(raw: Raw, queue: str, ttl: float = 30, **kw) -> dict:
+    """An item submitted to ``queue`` and claimed by worker "w-QUEUE"; the claim."""
+    raw.result("submitTask", {"queue": queue, "payload": {"q": queue}, **kw})
+    c = raw.result("claimTask", {"worker_id": "w-" + queue, "queues": [queue], "ttl": ttl})
+    assert c is not None and c["queue"] == queue
+    return c
+
+
+def assert_error(err: dict, code: int, reason: str | None = None) -> None:
+    assert err["code"] == code, err
+    assert isinstance(err["message"], str) and err["message"]
+    if reason is not None:
+        assert err["data"]["reason"] == reason, err
+
+
+def serves(sock: str | Path, timeout: float = 5.0) -> bool:
+    """A fresh connection gets a ping answered, and a write-path request too."""
+    with Raw(sock, timeout=timeout) as r:
+        if r.result("ping")["pong"] is not True:
+            return False
+        # goes through the group commit, and writes nothing (dry run)
+        return r.result("staleRecovery", {"dry_run": True})["dry_run"] is True
+
+
+def served(sock: str | Path, timeout: float = 5.0) -> Raw:
+    """A connection the daemon has taken and answered once."""
+    r = Raw(sock, timeout=timeout)
+    try:
+        assert r.result("ping")["pong"] is True
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def claim_in_thread(sock: str | Path, params: dict, results: list) -> threading.Thread:
+    """A claimTask on a connection of its own, in a thread: appends (when it returned,
+    how long it took, the reply) to ``results``."""
+    def run():
+        with Raw(sock, timeout=60) as r:
+            t = time.monotonic()
+            reply = r.call("claimTask", params)
+            results.append((time.monotonic(), time.monotonic() - t, reply))
+    th = threading.Thread(target=run)
+    th.start()
+    return th
+
+
+def stale_socket(path: str | Path) -> None:
+    """A socket file nobody listens on, as a killed daemon leaves it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()

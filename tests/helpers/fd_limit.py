@@ -1,6 +1,6 @@
 """Run a command with a low descriptor limit (soft and hard): fd_limit.py N CMD ARGS...
 
-For tests of a daemon that runs out of descriptors (tests/test_daemon_faults.py).
+For tests of a daemon that runs out of descriptors (tests/test_daemon_limits.py).
 """
 
 import os
