@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .model import JSON_COLUMNS, EventRow, ItemRow
+from .model import JSON_COLUMNS, EventRow
 from .validate import dump_json
 
 GENESIS = "0" * 64
@@ -39,7 +39,7 @@ def digest(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
-def state_of(row: ItemRow, fields: tuple[str, ...]) -> dict[str, Any]:
+def state_of(row: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The part of an item row that ``fields`` names, as an event records it."""
     out: dict[str, Any] = {}
     for f in fields:

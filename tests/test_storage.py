@@ -345,13 +345,14 @@ def test_migrated_schema_equals_the_migration_files(db_path):
 
 
 def query_names_used_in_code() -> set[str]:
-    """Every string literal in the first argument of tx.one/all/run/run_many(...)."""
+    """Every string literal in the first argument of a tx query method (tx.one(...))."""
     names: set[str] = set()
     for path in sorted((ROOT / "orchestrator").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("one", "all", "run", "run_many")
+                    and node.func.attr in ("one", "all", "run", "run_many", "item", "items",
+                                           "expired", "events", "scalar")
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "tx"
                     and node.args):
                 for sub in ast.walk(node.args[0]):
