@@ -21,8 +21,8 @@ GENESIS = "0" * 64
 STATE_FIELDS = (
     "kind", "queue", "parent_id", "key", "priority", "status", "attempts", "max_attempts",
     "run_after", "effect", "worker_id", "fence", "lease_ttl_ms", "lease_expires_at",
-    "heartbeat_at", "cancel_requested", "error",
-) + tuple(f"{name}_sha256" for name in JSON_COLUMNS)
+    "heartbeat_at", "cancel_requested", "error", *(f"{name}_sha256" for name in JSON_COLUMNS),
+)
 
 # The fields each kind of transition sets.
 SUBMITTED = ("kind", "queue", "parent_id", "key", "priority", "status", "attempts",

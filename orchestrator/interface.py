@@ -51,7 +51,8 @@ class Operations(abc.ABC):
         return self._call("claim_task", _given(locals()))
 
     def heartbeat(self, item_id: int | None = None, token: str | None = None, *,
-                  ttl: float | None = None, leases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                  ttl: float | None = None,
+                  leases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Extend one lease (``item_id`` and ``token``), or several in one transaction.
 
         One lease: returns ``{id, fence, lease_expires_at, cancel_requested}``, or
@@ -142,7 +143,8 @@ class Operations(abc.ABC):
 
     def execute_tool_idempotent(self, goal_id: int, token: str, tool: str, input: Any = None,
                                 *, key: str | None = None, effect: str | None = None,
-                                ttl: float | None = None, wait: float | None = None) -> dict[str, Any]:
+                                ttl: float | None = None,
+                                wait: float | None = None) -> dict[str, Any]:
         """The one execution of ``tool`` for ``key`` (default: derived from the input)
         under the goal: created and claimed (with ``token``) the first time, else as it
         stands (``created: False``). ``wait``: wait for a running one to finish."""
@@ -170,5 +172,5 @@ class Operations(abc.ABC):
         """Liveness, and which database is served."""
         return self._call("ping", {})
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a backend without a connection has none to release
         """Release the connection."""

@@ -102,7 +102,7 @@ class Tx:
                 names = _COLUMNS[name] = tuple(d[0] for d in cur.get_description())
             except apsw.ExecutionCompleteError:
                 return []  # no row: there was nothing to describe
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
         # Read to the end so no statement is left half-run inside the transaction.

@@ -614,7 +614,7 @@ def test_heartbeat_refuses_a_worker_name_and_bad_lease_lists(orch, db_path):
     orch.submit_task(1)
     c = orch.claim_task("w1", ttl=10)
     before = snapshot(db_path)
-    with pytest.raises(InvalidInput, match="worker_id: no longer accepted: .*reusing its name"):
+    with pytest.raises(InvalidInput, match=r"worker_id: no longer accepted: .*reusing its name"):
         orch._call("heartbeat", {"worker_id": "w1"})
     lease = {"item_id": c["id"], "token": c["token"]}
     for bad, match in [

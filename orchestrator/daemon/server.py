@@ -25,11 +25,12 @@ from .. import clock, defaults, livestate, paths, protocol, rules
 from ..api import WAITS
 from ..errors import LimitExceeded, OrchError, internal_error
 from ..operations import OPERATIONS
+from ..registry import FEEDS, WAITED
 from ..store import SQLiteStore
 from . import wire
 from .connection import Connection
 from .logs import Throttled, setup_logging
-from .waiters import FEEDS, WAITED, Waiters
+from .waiters import Waiters
 from .wire import Request, error_reply
 from .writer import Checkpointer, GroupCommit
 
