@@ -147,7 +147,7 @@ class Lease:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         self._stop_beating()
         if exc_type is not None and issubclass(exc_type, LeaseLost):
             return  # fenced out: there is nothing left to release

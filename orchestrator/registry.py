@@ -255,8 +255,6 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
         Spec({"item_id": (item_id, REQUIRED)}), cli="why"),
 )}
 
-BY_WIRE: dict[str, Operation] = {op.wire: op for op in BY_NAME.values()}
-
 #: Operations after which an item may have become claimable (the daemon wakes claims).
 FEEDS = frozenset(op.name for op in BY_NAME.values() if op.feeds)
 #: Operations whose ``wait`` makes them park: never on the daemon's direct path.
