@@ -50,7 +50,7 @@ class Settings:
         self.db: Path | None = None
         self.socket: Path | None = None
         self.json = False
-        self._backend = None
+        self._backend: _DaemonOrFile | None = None
 
     def backend(self, *, create: bool = True):
         """The daemon's client if its socket answers, else the database opened here.
@@ -86,7 +86,8 @@ class _DaemonOrFile(Operations):
     """
 
     def __init__(self, client: Operations | None, open_file: Callable[[], Operations]):
-        self.client, self.open_file, self.file = client, open_file, None
+        self.client, self.open_file = client, open_file
+        self.file: Operations | None = None
 
     def _call(self, op: str, params: dict[str, Any]) -> Any:
         if self.client is not None:

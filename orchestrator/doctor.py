@@ -52,7 +52,7 @@ def damaged(exc: Corrupt, db: Path) -> Corrupt:
 def _check_log(tx: Tx, problems: list[str]) -> dict:
     prev, expected_seq, events = ev.GENESIS, 1, []
     latest: dict[int, int] = {}  # item -> its latest event so far
-    for e in tx.all("all_events"):
+    for e in tx.events("all_events"):
         if e["item_id"] is not None:
             before = latest.get(e["item_id"], 0)
             if e["item_prev"] is not None and e["item_prev"] != before:
@@ -72,7 +72,7 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
         events.append(e)
     replayed = ev.replay(events)
     max_fence = 0
-    items = tx.all("all_items")
+    items = tx.items("all_items")
     for row in items:
         max_fence = max(max_fence, row["fence"] or 0)
         want = replayed.pop(row["id"], None)
@@ -156,13 +156,15 @@ class _LeaseCheck:
         self.problems.append((e["seq"], text))
 
     def see(self, e: EventRow) -> None:
-        type_, at = e["type"], e["at"]
+        type_, at, item_id = e["type"], e["at"], e["item_id"]
+        if item_id is None:
+            return  # not an item's event
         if type_ == EventType.SUBMITTED:
             d = json.loads(e["detail"])
-            self.items[e["item_id"]] = _Item(e["item_id"], d["kind"], d["parent_id"],
-                                             d["effect"] == Effect.UNSAFE)
+            self.items[item_id] = _Item(item_id, d["kind"], d["parent_id"],
+                                        d["effect"] == Effect.UNSAFE)
             return
-        it = self.items.get(e["item_id"])
+        it = self.items.get(item_id)
         if it is None:
             return  # an item without its submitted event: replay reports it
         current = it.live and e["fence"] == it.fence
@@ -260,7 +262,8 @@ class _LeaseCheck:
         for child in sorted(children):
             c = self.items[child]
             # (a child claimed after the end was reported when it was claimed)
-            if c.live and c.parent_fence == parent.fence and c.fence < seq and c.expires > end:
+            if c.live and c.parent_fence == parent.fence and c.fence is not None \
+                    and c.fence < seq and c.expires > end:
                 self.problems.append((seq, (
                     f"event {seq}: {parent.name} {type_}: its claim (fence {parent.fence}) "
                     f"ended while {c.name} still held a lease under it until "

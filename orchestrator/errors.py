@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OrchError(Exception):
     """Something went wrong in orch."""
 
     reason = "error"
 
-    def __init__(self, message: str | None = None, *, data: dict | None = None):
+    def __init__(self, message: str | None = None, *, data: dict[str, Any] | None = None):
         super().__init__(message or (self.__doc__ or "").strip())
         self.data = data or {}
 
@@ -127,7 +129,7 @@ def rpc_code(exc: BaseException) -> int:
     return RPC_INTERNAL_ERROR
 
 
-def from_rpc(code: int, message: str, data: dict | None) -> OrchError:
+def from_rpc(code: int, message: str, data: dict[str, Any] | None) -> OrchError:
     """Rebuild the domain error a daemon reported, so callers see one error type per case."""
     for cls, _, rpc in CODES:
         if rpc == code:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .model import JSON_COLUMNS, EventRow, ItemRow
+from .model import JSON_COLUMNS, EventRow
 from .validate import dump_json
 
 GENESIS = "0" * 64
@@ -21,8 +21,8 @@ GENESIS = "0" * 64
 STATE_FIELDS = (
     "kind", "queue", "parent_id", "key", "priority", "status", "attempts", "max_attempts",
     "run_after", "effect", "worker_id", "fence", "lease_ttl_ms", "lease_expires_at",
-    "heartbeat_at", "cancel_requested", "error",
-) + tuple(f"{name}_sha256" for name in JSON_COLUMNS)
+    "heartbeat_at", "cancel_requested", "error", *(f"{name}_sha256" for name in JSON_COLUMNS),
+)
 
 # The fields each kind of transition sets.
 SUBMITTED = ("kind", "queue", "parent_id", "key", "priority", "status", "attempts",
@@ -39,7 +39,7 @@ def digest(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
-def state_of(row: ItemRow, fields: tuple[str, ...]) -> dict[str, Any]:
+def state_of(row: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The part of an item row that ``fields`` names, as an event records it."""
     out: dict[str, Any] = {}
     for f in fields:

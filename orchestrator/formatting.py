@@ -42,7 +42,8 @@ def compact(value: Any, limit: int = 60) -> str:
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[("-" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+                     for r in cells)
 
 
 def indent(s: str) -> str:

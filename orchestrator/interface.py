@@ -9,9 +9,12 @@ imports nothing of the engine: the CLI and the socket client start without it.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .model import Claim, Event, Item
+
+if TYPE_CHECKING:
+    from .lease import Lease
 
 
 def _given(args: dict[str, Any]) -> dict[str, Any]:
@@ -29,11 +32,11 @@ class Operations(abc.ABC):
                     priority: int | None = None, key: str | None = None,
                     max_attempts: int | None = None, delay: float | None = None,
                     kind: str | None = None, parent_id: int | None = None,
-                    effect: str | None = None) -> dict:
+                    effect: str | None = None) -> dict[str, Any]:
         """Add a work item; with ``key``, return the existing one (``created: False``)."""
         return self._call("submit_task", _given(locals()))
 
-    def submit_many(self, items: list[dict]) -> list[dict]:
+    def submit_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Submit many items (each a dict of ``submit_task`` parameters) in one transaction."""
         return self._call("submit_many", {"items": items})
 
@@ -48,7 +51,8 @@ class Operations(abc.ABC):
         return self._call("claim_task", _given(locals()))
 
     def heartbeat(self, item_id: int | None = None, token: str | None = None, *,
-                  ttl: float | None = None, leases: list[dict] | None = None) -> dict:
+                  ttl: float | None = None,
+                  leases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Extend one lease (``item_id`` and ``token``), or several in one transaction.
 
         One lease: returns ``{id, fence, lease_expires_at, cancel_requested}``, or
@@ -73,7 +77,7 @@ class Operations(abc.ABC):
                           no_retry: bool | None = None, worker_id: str | None = None,
                           queues: list[str] | str | None = None,
                           kinds: list[str] | str | None = None, ttl: float | None = None,
-                          wait: float | None = None) -> dict:
+                          wait: float | None = None) -> dict[str, Any]:
         """``release_task``, then claim the next item, in one transaction (one commit).
 
         Returns ``{"released": item, "next": claim or None}``. The next claim is like
@@ -82,7 +86,7 @@ class Operations(abc.ABC):
         """
         return self._call("release_and_claim", _given(locals()))
 
-    def stale_recovery(self, dry_run: bool | None = None) -> dict:
+    def stale_recovery(self, dry_run: bool | None = None) -> dict[str, Any]:
         """Fence out every expired lease and move its item on; safe to run any time."""
         return self._call("stale_recovery", _given(locals()))
 
@@ -90,7 +94,7 @@ class Operations(abc.ABC):
         """Cancel a pending item, or ask the holder of a running one to stop."""
         return self._call("cancel_task", {"item_id": item_id})
 
-    def checkpoint(self, item_id: int, token: str, data: Any) -> dict:
+    def checkpoint(self, item_id: int, token: str, data: Any) -> dict[str, Any]:
         """Store the holder's progress; the next holder gets it with its claim."""
         return self._call("checkpoint", {"item_id": item_id, "token": token, "data": data})
 
@@ -113,47 +117,48 @@ class Operations(abc.ABC):
         """Events after sequence number ``since``, oldest first."""
         return self._call("list_events", _given(locals()))
 
-    def verify(self, item_id: int, token: str) -> dict:
+    def verify(self, item_id: int, token: str) -> dict[str, Any]:
         """Whether ``token`` is the item's live claim: ``{valid, fence, status}``."""
         return self._call("verify", {"item_id": item_id, "token": token})
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """Counts by status, live workers and what they hold, unrecovered expired leases."""
         return self._call("status", {})
 
     def start_session(self, worker_id: str, *, key: str | None = None, payload: Any = None,
-                      ttl: float | None = None) -> dict:
+                      ttl: float | None = None) -> dict[str, Any]:
         """Create a session and claim it for ``worker_id``; an existing ``key`` resumes it."""
         return self._call("start_session", _given(locals()))
 
     def resume_session(self, session_id: int, worker_id: str, *,
-                       ttl: float | None = None) -> dict:
+                       ttl: float | None = None) -> dict[str, Any]:
         """Claim a session again once its old lease is gone; returns its last checkpoint."""
         return self._call("resume_session", _given(locals()))
 
     def create_goal(self, session_id: int, token: str, *, payload: Any = None,
-                    key: str | None = None, ttl: float | None = None) -> dict:
+                    key: str | None = None, ttl: float | None = None) -> dict[str, Any]:
         """A goal under the session, claimed for the session's holder (the session's
         token is required)."""
         return self._call("create_goal", _given(locals()))
 
     def execute_tool_idempotent(self, goal_id: int, token: str, tool: str, input: Any = None,
                                 *, key: str | None = None, effect: str | None = None,
-                                ttl: float | None = None, wait: float | None = None) -> dict:
+                                ttl: float | None = None,
+                                wait: float | None = None) -> dict[str, Any]:
         """The one execution of ``tool`` for ``key`` (default: derived from the input)
         under the goal: created and claimed (with ``token``) the first time, else as it
         stands (``created: False``). ``wait``: wait for a running one to finish."""
         return self._call("execute_tool_idempotent", _given(locals()))
 
-    def replay_session(self, session_id: int) -> dict:
+    def replay_session(self, session_id: int) -> dict[str, Any]:
         """The session, its goals and their tool executions, with their events."""
         return self._call("replay_session", {"session_id": session_id})
 
-    def explain_task(self, item_id: int) -> dict:
+    def explain_task(self, item_id: int) -> dict[str, Any]:
         """Why the item is where it is, in a sentence or two."""
         return self._call("explain_task", {"item_id": item_id})
 
-    def hold(self, claim: Claim, **kw: Any):
+    def hold(self, claim: Claim, **kw: Any) -> Lease:
         """Hold ``claim`` in a ``with`` block: heartbeats, release on exit (see Lease)."""
         from .lease import Lease
 
@@ -163,9 +168,9 @@ class Operations(abc.ABC):
         """Another handle on the same backend, for use from another thread."""
         raise TypeError(f"{type(self).__name__} cannot be cloned")
 
-    def ping(self) -> dict:
+    def ping(self) -> dict[str, Any]:
         """Liveness, and which database is served."""
         return self._call("ping", {})
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a backend without a connection has none to release
         """Release the connection."""

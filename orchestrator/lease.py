@@ -43,12 +43,14 @@ class Lease:
     def __init__(self, api, claim: Claim, *, heartbeat_every: float | None = None):
         self.api = api
         self.claim = claim
+        fence, ttl_ms, expires = claim["fence"], claim["lease_ttl_ms"], claim["lease_expires_at"]
+        assert fence is not None and ttl_ms is not None and expires is not None, "a claim"
         self.item_id: int = claim["id"]
         self.token: str = claim["token"]
-        self.fence: int = claim["fence"]
-        self.ttl_s = claim["lease_ttl_ms"] / 1000
+        self.fence: int = fence
+        self.ttl_s = ttl_ms / 1000
         self.every = heartbeat_every or self.ttl_s / 3
-        self.expires_at_ms: int = claim["lease_expires_at"]
+        self.expires_at_ms: int = expires
         # The claim was sent before now, at a moment not known here: count from what
         # is left of its lease by the wall clock the engine stamped it with.
         left_s = min((self.expires_at_ms - now_ms()) / 1000, self.ttl_s)
@@ -145,7 +147,7 @@ class Lease:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         self._stop_beating()
         if exc_type is not None and issubclass(exc_type, LeaseLost):
             return  # fenced out: there is nothing left to release

@@ -96,6 +96,28 @@ class _Lease(TypedDict):
     heartbeat_at: int | None
 
 
+class ExpiredRow(TypedDict):
+    """What recovery reads of an expired lease (``expired_leases``), not the whole row,
+    and all that settling any item needs of it: an ``ItemRow`` is one too."""
+
+    id: int
+    kind: str
+    queue: str
+    effect: str
+    status: str
+    attempts: int
+    max_attempts: int
+    run_after: int
+    result: str | None
+    error: str | None
+    worker_id: str | None
+    fence: int | None
+    lease_expires_at: int | None
+    heartbeat_at: int | None
+    cancel_requested: int
+    last_event: int
+
+
 class ItemRow(_Lease):
     """An ``items`` row as the store returns it (JSON columns as text)."""
 

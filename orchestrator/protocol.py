@@ -30,14 +30,14 @@ def encode(message: Any) -> bytes:
         return _ASCII(message).encode() + b"\n"
 
 
-def error(id_: Any, code: int, message: str, data: dict | None = None) -> dict:
+def error(id_: Any, code: int, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}
     if data:
         err["data"] = data
     return {"jsonrpc": "2.0", "id": id_, "error": err}
 
 
-def result(id_: Any, value: Any) -> dict:
+def result(id_: Any, value: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "result": value}
 
 

@@ -91,7 +91,8 @@ class Operation:
 @functools.cache
 def _resolve(ref: str) -> Callable[..., Any]:
     module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    fn: Callable[..., Any] = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return fn
 
 
 _LIMIT = integer(0, 1_000_000_000)
@@ -125,7 +126,7 @@ def _claim_settled(claim: Any) -> bool:
 
 def _execution_settled(out: Any) -> bool:
     # An execution someone else is running: wait for its outcome.
-    return out["claimed"] or out["status"] != Status.RUNNING
+    return bool(out["claimed"]) or out["status"] != Status.RUNNING
 
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in (
@@ -253,8 +254,6 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
         "explain_task", "explainTask", "rules.explain:explain_task", False,
         Spec({"item_id": (item_id, REQUIRED)}), cli="why"),
 )}
-
-BY_WIRE: dict[str, Operation] = {op.wire: op for op in BY_NAME.values()}
 
 #: Operations after which an item may have become claimable (the daemon wakes claims).
 FEEDS = frozenset(op.name for op in BY_NAME.values() if op.feeds)

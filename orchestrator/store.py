@@ -11,18 +11,20 @@ import abc
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import apsw
 import tenacity
 
 from . import defaults, paths
 from .errors import Corrupt, NotFound, OrchError, SchemaTooNew, Unavailable
+from .model import EventRow, ExpiredRow, ItemRow
 
 T = TypeVar("T")
+Params = Mapping[str, Any] | tuple[Any, ...]
 
 
 def _sql_dir() -> Path:
@@ -91,7 +93,7 @@ class Tx:
         self.last_hash: str | None = None
         self.last_seq = 0
 
-    def all(self, name: str, params: dict | tuple = ()) -> list[dict]:
+    def all(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
         # Rows come back as dicts; a query's column names are read once and kept.
         cur = self.conn.execute(QUERIES[name], params)
         names = _COLUMNS.get(name)
@@ -100,17 +102,39 @@ class Tx:
                 names = _COLUMNS[name] = tuple(d[0] for d in cur.get_description())
             except apsw.ExecutionCompleteError:
                 return []  # no row: there was nothing to describe
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def one(self, name: str, params: dict | tuple = ()) -> dict | None:
+    def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
         # Read to the end so no statement is left half-run inside the transaction.
         rows = self.all(name, params)
         return rows[0] if rows else None
 
-    def run(self, name: str, params: dict | tuple = ()) -> None:
+    # Typed reads, for the queries that answer whole rows of a table
+    # (SELECT *, RETURNING *) or, for ``expired``, the columns of ExpiredRow.
+
+    def item(self, name: str, params: Params = ()) -> ItemRow | None:
+        return cast("ItemRow | None", self.one(name, params))
+
+    def items(self, name: str, params: Params = ()) -> list[ItemRow]:
+        return cast("list[ItemRow]", self.all(name, params))
+
+    def expired(self, name: str, params: Params = ()) -> list[ExpiredRow]:
+        return cast("list[ExpiredRow]", self.all(name, params))
+
+    def events(self, name: str, params: Params = ()) -> list[EventRow]:
+        return cast("list[EventRow]", self.all(name, params))
+
+    def scalar(self, name: str, params: Params = ()) -> int | None:
+        """The integer (or NULL) of a query that answers one row of one column."""
+        row = self.one(name, params)
+        value = None if row is None else next(iter(row.values()))
+        assert value is None or isinstance(value, int), value
+        return value
+
+    def run(self, name: str, params: Params = ()) -> None:
         self.conn.execute(QUERIES[name], params).fetchall()
 
-    def run_many(self, name: str, seq_of_params) -> None:
+    def run_many(self, name: str, seq_of_params: Iterable[Params]) -> None:
         self.conn.executemany(QUERIES[name], seq_of_params)
 
     @contextmanager
@@ -222,7 +246,7 @@ def create_database(path: Path, busy_budget_s: float = DEFAULT_BUSY_BUDGET_S) ->
 
 
 def _prepare(conn: apsw.Connection, path: Path, synchronous: str, init: bool) -> None:
-    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    version = _int_of(conn, "PRAGMA user_version")
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(
             f"database schema version {version} is newer than this orch knows "
@@ -244,6 +268,13 @@ def _prepare(conn: apsw.Connection, path: Path, synchronous: str, init: bool) ->
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     if version < SCHEMA_VERSION:
         migrate(conn)
+
+
+def _int_of(conn: apsw.Connection, sql: str) -> int:
+    """The integer a one-value statement (a PRAGMA, a count) answers."""
+    value = conn.execute(sql).fetchall()[0][0]
+    assert isinstance(value, int), value
+    return value
 
 
 @contextmanager
@@ -277,7 +308,7 @@ def migrate(conn: apsw.Connection) -> None:
     """Apply every migration newer than ``user_version``, each in its own transaction."""
     for number, _name, script in MIGRATIONS:
         with immediate(conn):  # the version is re-read under the write lock
-            current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            current = _int_of(conn, "PRAGMA user_version")
             if current >= number:
                 continue
             conn.execute(script)
@@ -401,7 +432,7 @@ class SQLiteStore(Store):
 
     def integrity_problems(self) -> list[str]:
         rows = self._guard(self.conn.execute("PRAGMA integrity_check").fetchall)
-        problems = [r[0] for r in rows]
+        problems = [str(r[0]) for r in rows]
         return [] if problems == ["ok"] else problems
 
     def checkpoint_wal(self) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any
 from . import defaults, validate
 from .errors import InvalidInput, LeaseLost, OrchError, OutcomeUnknown, Unavailable
 from .interface import Operations
-from .model import Kind, Outcome
+from .model import Claim, Kind, Outcome
 
 #: The command's "try again later" (EX_TEMPFAIL): the item is requeued, not failed.
 EXIT_RETRY_LATER = 75
@@ -83,7 +83,8 @@ class Done:
 class _Held:
     """One claim as this process holds it."""
 
-    def __init__(self, claim: dict, ttl_s: float, sent: float):
+    def __init__(self, claim: Claim, ttl_s: float, sent: float):
+        assert claim["fence"] is not None, "a claim has a fence"
         self.claim = claim
         self.id: int = claim["id"]
         self.token: str = claim["token"]
@@ -201,7 +202,7 @@ class Worker:
             self._unticket()
         return None
 
-    def _took(self, claim: dict, sent: float) -> _Held:
+    def _took(self, claim: Claim, sent: float) -> _Held:
         with self._lock:
             self.counts["items"] += 1
         return _Held(claim, self.opts.ttl_s, sent)
@@ -214,6 +215,7 @@ class Worker:
             return Done(Outcome.CANCELLED, "cancelled",
                         error="cancel requested before the command ran")
         proc: subprocess.Popen | None = None
+        stop: Done | None
         files = ExitStack()
         try:
             while True:

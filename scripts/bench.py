@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import OrchError, Orchestrator
-from orchestrator.client import Client
+from orchestrator import OrchError, Orchestrator  # noqa: E402 -- after the path above
+from orchestrator.client import Client  # noqa: E402
 
 SYNCS = ("full", "normal")
 
@@ -454,7 +454,8 @@ def work_section(n: int, repeats: int = 3, concurrency: int = 4) -> list[dict]:
             try:
                 with Orchestrator(d / "orch.db") as o:
                     for start in range(0, n, 10_000):
-                        o.submit_many([{"payload": i} for i in range(start, min(n, start + 10_000))])
+                        o.submit_many([{"payload": i}
+                                       for i in range(start, min(n, start + 10_000))])
                 proc = start_daemon(d, "full") if mode == "daemon" else None
                 try:
                     cmd = [sys.executable, "-m", "orchestrator", "--db", str(d / "orch.db"),
@@ -521,7 +522,8 @@ def memory_section(cycles: int, clients: int = 4) -> dict:
             submitted, t0 = 0, time.monotonic()
             while submitted < per * clients:
                 # the clients count what they finish: no query needed to keep the queue fed
-                if submitted - progress.value < 5_000:  # small batches: measure the cycles, not huge replies
+                # small batches: measure the cycles, not huge replies
+                if submitted - progress.value < 5_000:
                     k = min(1_000, per * clients - submitted)
                     feeder.submit_many([{"payload": i} for i in range(k)])
                     submitted += k
@@ -545,7 +547,7 @@ def memory_section(cycles: int, clients: int = 4) -> dict:
             "rss_at_end_mb": rss / 1024}
 
 
-# --- report -------------------------------------------------------------------------------------------
+# --- report --------------------------------------------------------------------------------
 
 
 def main() -> None:

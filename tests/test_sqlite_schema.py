@@ -134,7 +134,8 @@ def query_names_used_in_code() -> set[str]:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("one", "all", "run", "run_many")
+                    and node.func.attr in ("one", "all", "run", "run_many", "item", "items",
+                                           "expired", "events", "scalar")
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "tx"
                     and node.args):
                 for sub in ast.walk(node.args[0]):

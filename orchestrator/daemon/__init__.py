@@ -29,9 +29,8 @@ from .server import (
     StartupError,
     run,
 )
-from .waiters import FEEDS, WAITED
 from .writer import MAX_GROUP
 
-__all__ = ["BACKLOG", "FEEDS", "IDLE_TIMEOUT_S", "LINE_TIMEOUT_S", "LOG_EVERY_S", "MAX_BUFFERED",
-           "MAX_CONNECTIONS", "MAX_GROUP", "OWN_FDS", "RECOVER_EVERY_S", "WAITED", "Daemon",
+__all__ = ["BACKLOG", "IDLE_TIMEOUT_S", "LINE_TIMEOUT_S", "LOG_EVERY_S", "MAX_BUFFERED",
+           "MAX_CONNECTIONS", "MAX_GROUP", "OWN_FDS", "RECOVER_EVERY_S", "Daemon",
            "StartupError", "run", "setup_logging"]

@@ -40,10 +40,17 @@ class Connection(asyncio.Protocol):
         self.partial_since: float | None = None  # when the incomplete line in buf began
         self.last_active = time.monotonic()  # connected, or last answered
 
+    @property
+    def out(self) -> asyncio.Transport:
+        """The client's transport, for what runs once asyncio has connected it."""
+        assert self.transport is not None, "used before connection_made"
+        return self.transport
+
     # -- asyncio's callbacks --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport), "a stream socket's transport"
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         try:
             _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
@@ -53,10 +60,10 @@ class Connection(asyncio.Protocol):
         if uid != os.getuid():
             logger.bind(peer_uid=uid).warning("refused a client of another uid")
             self.daemon.connections.discard(self)
-            self.transport.write(protocol.encode(protocol.error(
+            transport.write(protocol.encode(protocol.error(
                 None, RPC_INVALID_REQUEST, "only the daemon's owner may connect",
                 {"reason": "forbidden"})))
-            self.transport.close()
+            transport.close()
             return
         self.last_active = time.monotonic()
 
@@ -91,7 +98,7 @@ class Connection(asyncio.Protocol):
     # -- lines in, answers out --
 
     def gone(self) -> bool:
-        return self.eof or self.transport.is_closing()
+        return self.eof or self.out.is_closing()
 
     def pump(self) -> None:
         """Start on the next complete line, unless one is being answered already."""
@@ -99,7 +106,7 @@ class Connection(asyncio.Protocol):
             return  # reply() called from inside: the loop below goes on
         self.pumping = True
         try:
-            while not self.busy and not self.write_paused and not self.transport.is_closing():
+            while not self.busy and not self.write_paused and not self.out.is_closing():
                 if self.daemon.stopping.is_set():
                     self._turn_away()  # no new requests once stopping
                     return
@@ -132,13 +139,13 @@ class Connection(asyncio.Protocol):
         """Read from the client only while it keeps up: while its answers are being
         taken, and while what it sent ahead of them fits a line or two."""
         stop = self.write_paused or (self.busy and len(self.buf) > 2 * protocol.MAX_LINE)
-        if self.transport.is_closing() or stop == self.paused:
+        if self.out.is_closing() or stop == self.paused:
             return
         self.paused = stop
         if stop:
-            self.transport.pause_reading()
+            self.out.pause_reading()
         else:
-            self.transport.resume_reading()
+            self.out.resume_reading()
 
     def reply(self, message: Any) -> None:
         self.busy = False
@@ -146,14 +153,14 @@ class Connection(asyncio.Protocol):
         self.daemon.inflight -= 1
         if not self.daemon.inflight:
             self.daemon.idle.set()
-        if message is not None and not self.transport.is_closing():
+        if message is not None and not self.out.is_closing():
             try:
                 data = protocol.encode(message)
             except Exception:  # noqa: BLE001 -- an answer that cannot be sent ends the connection
                 logger.exception("cannot encode an answer")
                 self.close()
                 return
-            self.transport.write(data)
+            self.out.write(data)
         self.pump()
 
     def close(self) -> None:
@@ -169,13 +176,13 @@ class Connection(asyncio.Protocol):
 
     def refuse(self, error: OrchError) -> None:
         """One error line, then closed."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(protocol.encode(error_reply(None, error)))
+        if self.transport is not None and not self.out.is_closing():
+            self.out.write(protocol.encode(error_reply(None, error)))
         self.close()
 
     def check_time(self, now: float) -> None:
         """Close the connection past its line deadline, or idle past the idle timeout."""
-        if self.busy or self.transport is None or self.transport.is_closing():
+        if self.busy or self.transport is None or self.out.is_closing():
             return  # a request is being answered (or parked): not waiting on the client
         if self.partial_since is not None and not self.write_paused:
             if now - self.partial_since >= self.daemon.line_timeout_s:
@@ -202,7 +209,7 @@ class Connection(asyncio.Protocol):
         while (nl := self.buf.find(b"\n")) >= 0:
             line = self._take(nl)
             if line.strip():
-                self.transport.write(protocol.encode(error_reply(id_of(line), Unavailable(
+                self.out.write(protocol.encode(error_reply(id_of(line), Unavailable(
                     "the daemon is stopping; the request was not carried out",
                     data={"delivered": False}))))
         self.close()

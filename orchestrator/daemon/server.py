@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import os
 import resource
 import signal
@@ -24,11 +25,12 @@ from .. import clock, defaults, livestate, paths, protocol, rules
 from ..api import WAITS
 from ..errors import LimitExceeded, OrchError, internal_error
 from ..operations import OPERATIONS
+from ..registry import FEEDS, WAITED
 from ..store import SQLiteStore
 from . import wire
 from .connection import Connection
 from .logs import Throttled, setup_logging
-from .waiters import FEEDS, WAITED, Waiters
+from .waiters import Waiters
 from .wire import Request, error_reply
 from .writer import Checkpointer, GroupCommit
 
@@ -234,9 +236,12 @@ class Daemon:
             conn = Connection(self)
             self.connections.add(conn)  # counted at once, so a burst cannot pass the cap
             task = self.loop.create_task(
-                self.loop.connect_accepted_socket(lambda conn=conn: conn, sock))
-            task.add_done_callback(lambda t, conn=conn, sock=sock: t.cancelled()
-                                   or t.exception() is None or self._lost(conn, sock, t))
+                self.loop.connect_accepted_socket(_factory(conn), sock))
+            task.add_done_callback(functools.partial(self._set_up, conn, sock))
+
+    def _set_up(self, conn: Connection, sock: socket.socket, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._lost(conn, sock, task)
 
     def _lost(self, conn: Connection, sock: socket.socket, task: asyncio.Task) -> None:
         logger.opt(exception=task.exception()).warning("setting up a connection failed")
@@ -263,7 +268,7 @@ class Daemon:
         self.loop.remove_reader(self.listener.fileno())
         self.accept_pause_s = min(max(0.05, self.accept_pause_s * 2), 2.0)
         self.accept_resume = self.loop.call_later(self.accept_pause_s, self._resume_accepting)
-        self.log_no_fds(error=errno.errorcode.get(exc.errno, exc.errno),
+        self.log_no_fds(error=errno.errorcode.get(exc.errno or 0, exc.errno),
                         pause=self.accept_pause_s, open=len(self.connections))
 
     def _resume_accepting(self) -> None:
@@ -318,7 +323,7 @@ class Daemon:
         while True:
             await asyncio.sleep(min(1.0, self.recover_every_s))
             try:
-                version = self.watch.read(lambda tx: tx.one("data_version")["data_version"])
+                version = self.watch.read(lambda tx: tx.scalar("data_version"))
                 if last_version is not None and version != last_version and self.waiters.parked:
                     # Someone else committed (an embedded CLI, say): let each parked
                     # claim look once.
@@ -489,8 +494,11 @@ class Daemon:
             reply = wire.reply(req.id, ok, value)
         if self.debug:  # binding costs even when the line is not written
             value = reply.get("result")
-            item = value.get("id") if isinstance(value, dict) else None
-            log.bind(item=item, worker=value.get("worker_id") if item else None,
+            item = worker = None
+            if isinstance(value, dict):
+                item = value.get("id")
+                worker = value.get("worker_id") if item else None
+            log.bind(item=item, worker=worker,
                      duration_ms=round((time.perf_counter() - started) * 1000, 3),
                      ok="error" not in reply).debug("request")
         return None if req.notification else reply
@@ -507,3 +515,8 @@ def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | Non
                     debug=log_level == "DEBUG")
     asyncio.run(daemon.serve())
     return 0
+
+
+def _factory(conn: Connection) -> Callable[[], Connection]:
+    """asyncio's protocol factory for a connection made before its socket is handed over."""
+    return lambda: conn

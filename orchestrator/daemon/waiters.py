@@ -10,7 +10,6 @@ from .. import clock
 
 # Operations after which an item may have become claimable, and those whose ``wait``
 # makes them park: both from each operation's record.
-from ..registry import FEEDS, WAITED  # noqa: F401 -- re-exported for the daemon
 
 
 @dataclass(eq=False)

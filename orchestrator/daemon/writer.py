@@ -60,7 +60,12 @@ class GroupCommit:
 
     def submit_future(self, op: str, kwargs: dict) -> asyncio.Future:
         fut = self.loop.create_future()
-        self.submit(op, kwargs, lambda outcome: fut.done() or fut.set_result(outcome))
+
+        def done(outcome: tuple[bool, Any]) -> None:
+            if not fut.done():
+                fut.set_result(outcome)
+
+        self.submit(op, kwargs, done)
         return fut
 
     def flush(self) -> None:

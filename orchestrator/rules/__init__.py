@@ -38,7 +38,6 @@ from .leases import (
     beat_one,
     claim_row,
     claim_task,
-    claimed,
     extend,
     heartbeat,
     held,
@@ -77,7 +76,7 @@ from .views import event_view, lease_view, public
 __all__ = [
     "BACKOFF_BASE_MS", "BACKOFF_CAP_MS", "HOLDER_KINDS", "JSON_COLUMNS", "NEW_ITEM",
     "PARENT_KIND", "after_lost_lease", "attempts_left", "backoff_ms", "beat", "beat_one",
-    "cancel_task", "canonical_key", "checkpoint", "claim_row", "claim_task", "claimed",
+    "cancel_task", "canonical_key", "checkpoint", "claim_row", "claim_task",
     "create_goal", "emit", "event_view", "execute_tool_idempotent", "expire",
     "expire_many", "expired_detail", "explain_task", "extend", "fence_children",
     "get_row", "get_task", "hash_token", "heartbeat", "held", "insert_plain", "iso",

@@ -13,7 +13,7 @@ import json
 
 from .. import defaults
 from ..errors import Conflict, InvalidInput
-from ..model import ItemRow, Kind, Reason, Status
+from ..model import Claim, ItemRow, Kind, Reason, Status
 from ..store import Tx
 from .leases import claim_row, claim_task, held
 from .recovery import expire
@@ -32,8 +32,8 @@ def start_session(tx: Tx, now: int, *, worker_id: str, key: str | None, payload:
                   ttl: int) -> dict:
     """Create a session and claim it for ``worker_id``; an existing key resumes it."""
     if key is not None:
-        existing = tx.one("item_by_key",
-                          {"kind": Kind.SESSION, "queue": defaults.QUEUE, "key": key})
+        existing = tx.item("item_by_key",
+                           {"kind": Kind.SESSION, "queue": defaults.QUEUE, "key": key})
         if existing is not None:
             if existing["status"] not in (Status.PENDING, Status.RUNNING):
                 return {**public(existing), "created": False, "claimed": False}  # finished
@@ -45,11 +45,13 @@ def start_session(tx: Tx, now: int, *, worker_id: str, key: str | None, payload:
     return {**claim_row(tx, now, item["id"], worker_id, ttl), "created": True, "claimed": True}
 
 
-def resume_session(tx: Tx, now: int, *, session_id: int, worker_id: str, ttl: int) -> dict:
+def resume_session(tx: Tx, now: int, *, session_id: int, worker_id: str, ttl: int) -> Claim:
     """Claim a session again once its old lease is gone; the claim carries its checkpoint."""
     _expect_kind(get_row(tx, session_id), Kind.SESSION, "session_id")
-    return claim_task(tx, now, worker_id=worker_id, queues=[], ttl=ttl, kinds=[],
-                      item_id=session_id)
+    claim = claim_task(tx, now, worker_id=worker_id, queues=[], ttl=ttl, kinds=[],
+                       item_id=session_id)
+    assert claim is not None, "a claim by id is made or refused"
+    return claim
 
 
 def _child(tx: Tx, now: int, parent: ItemRow, kind: str, key: str | None, payload: str,
@@ -61,26 +63,29 @@ def _child(tx: Tx, now: int, parent: ItemRow, kind: str, key: str | None, payloa
     claimed for the parent's holder if recovery made it pending; one whose side
     effect may have happened is never rerun (recovery makes it ``unknown``).
     """
-    queue = f"{parent['kind']}:{parent['id']}"
+    holder, fence = parent["worker_id"], parent["fence"]
     ttl = ttl or parent["lease_ttl_ms"]
-    row = None if key is None else tx.one("item_by_key",
-                                          {"kind": kind, "queue": queue, "key": key})
+    assert holder is not None and fence is not None and ttl is not None, "a held parent"
+    queue = f"{parent['kind']}:{parent['id']}"
+    row = None if key is None else tx.item("item_by_key",
+                                           {"kind": kind, "queue": queue, "key": key})
     if row is None:
         item = submit_task(tx, now, payload=payload, queue=queue, priority=0, key=key,
                            max_attempts=None, delay=0, kind=kind, parent_id=parent["id"],
                            effect=effect, _internal=True)
-        return {**claim_row(tx, now, item["id"], parent["worker_id"], ttl),
+        return {**claim_row(tx, now, item["id"], holder, ttl),
                 "created": True, "claimed": True}
-    if row["status"] == Status.RUNNING and row["lease_expires_at"] <= now:
+    expires, row_fence = row["lease_expires_at"], row["fence"]
+    if row["status"] == Status.RUNNING and expires is not None and expires <= now:
         expire(tx, now, row, Reason.LEASE_EXPIRED, [], set())
         row = get_row(tx, row["id"])
-    elif row["status"] == Status.RUNNING and row["fence"] < parent["fence"]:
+    elif row["status"] == Status.RUNNING and row_fence is not None and row_fence < fence:
         # Claimed under an earlier claim of the parent, which ended without fencing it
         # out (a file written before ending a claim fenced the children).
         expire(tx, now, row, Reason.PARENT_LEASE_LOST, [], set())
         row = get_row(tx, row["id"])
     if row["status"] == Status.PENDING:
-        return {**claim_row(tx, now, row["id"], parent["worker_id"], ttl),
+        return {**claim_row(tx, now, row["id"], holder, ttl),
                 "created": False, "claimed": True}
     return {**public(row), "created": False, "claimed": False}
 
@@ -127,8 +132,8 @@ def replay_session(tx: Tx, now: int, *, session_id: int) -> dict:
 
     def node(row: ItemRow) -> dict:
         events = [event_view(e) for e in
-                  tx.all("events_of_item", {"item_id": row["id"], "since": 0, "limit": -1})]
-        children = [node(c) for c in tx.all("children", {"id": row["id"]})]
+                  tx.events("events_of_item", {"item_id": row["id"], "since": 0, "limit": -1})]
+        children = [node(c) for c in tx.items("children", {"id": row["id"]})]
         out = {**public(row), "events": events}
         if row["kind"] == Kind.SESSION:
             out["goals"] = children

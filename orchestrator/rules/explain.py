@@ -7,9 +7,11 @@ resolve is told as a resolve, and a recovery is told apart from the lease's end.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import events as ev
 from ..clock import iso
-from ..model import PARENT_KIND, EventType, Kind, Outcome, Reason, Status
+from ..model import PARENT_KIND, Event, EventType, Kind, Outcome, Reason, Status
 from ..store import Tx
 from ..validate import RESOLUTIONS
 from .leases import lost_ancestor
@@ -27,9 +29,9 @@ FENCED_OUT = {  # expired.reason -> why the holder was fenced out before its lea
 }
 
 
-def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
+def explain_task(tx: Tx, now: int, *, item_id: int) -> dict[str, Any]:
     row = get_row(tx, item_id)  # an unknown id is NOT_FOUND
-    rows = tx.all("events_of_item", {"item_id": item_id, "since": 0, "limit": -1})
+    rows = tx.events("events_of_item", {"item_id": item_id, "since": 0, "limit": -1})
     state = ev.replay(rows)[item_id]
     events = [event_view(r) for r in rows]
     text = explain(events, state, now, item_id)
@@ -42,7 +44,7 @@ def explain_task(tx: Tx, now: int, *, item_id: int) -> dict:
     return {"id": item_id, "kind": state["kind"], "status": state["status"], "text": text}
 
 
-def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
+def explain(events: list[Event], state: dict[str, Any], now: int, item_id: int) -> str:
     """The answer for an item with these events (oldest first), ``state`` their replay."""
     i = max(n for n, e in enumerate(events) if e["type"] in SETS_STATUS)
     cause, before = events[i], events[:i]
@@ -83,7 +85,7 @@ def explain(events: list[dict], state: dict, now: int, item_id: int) -> str:
             + "|".join(RESOLUTIONS))
 
 
-def running(since_claim: list[dict], before: list[dict], state: dict, now: int) -> str:
+def running(since_claim: list[Event], before: list[Event], state: dict[str, Any], now: int) -> str:
     """A live or lapsed lease: the claim, then what its holder did since."""
     text = f"running: {clause(since_claim[0], before, state)}"
     if before and before[-1]["type"] == EventType.TAKEN_OVER:
@@ -103,7 +105,7 @@ def running(since_claim: list[dict], before: list[dict], state: dict, now: int) 
     return text
 
 
-def clause(e: dict, before: list[dict], state: dict) -> str:
+def clause(e: Event, before: list[Event], state: dict[str, Any]) -> str:
     """What one event says, from its own fields (``before``: the item's earlier events)."""
     d, at = e["detail"], iso(e["at"])
     holder = _holder(e)
@@ -141,15 +143,15 @@ def clause(e: dict, before: list[dict], state: dict) -> str:
     return f"{e['type']} at {at}"
 
 
-def _last(events: list[dict], *types: str) -> dict | None:
+def _last(events: list[Event], *types: str) -> Event | None:
     return next((e for e in reversed(events) if e["type"] in types), None)
 
 
-def _holder(e: dict) -> str:
+def _holder(e: Event) -> str:
     return f"{e['worker_id']} (fence {e['fence']})"
 
 
-def _attempt(n: int, state: dict) -> str:
+def _attempt(n: int, state: dict[str, Any]) -> str:
     return f"{n} of {state['max_attempts']}" if state["max_attempts"] else f"{n} (no limit)"
 
 

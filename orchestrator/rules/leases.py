@@ -40,6 +40,7 @@ def held(tx: Tx, item_id: int, token: str, now: int) -> ItemRow:
         raise LeaseLost(f"item {item_id}: the token is not its current claim "
                         f"(item is {row['status']})",
                         data={"item_id": item_id, "status": row["status"]})
+    assert row["lease_expires_at"] is not None, "a running item has a lease"
     if row["lease_expires_at"] <= now:
         raise LeaseLost(f"item {item_id}: the lease expired at {iso(row['lease_expires_at'])}",
                         data={"item_id": item_id, "status": row["status"]})
@@ -65,9 +66,12 @@ def lost_ancestor(tx: Tx, row: ItemRow, now: int) -> tuple[ItemRow, str] | None:
     """
     child = row
     while child["kind"] in PARENT_KIND:
+        assert child["parent_id"] is not None, "a goal or tool execution has a parent"
         parent = get_row(tx, child["parent_id"])
         if parent["status"] != Status.RUNNING:
             return parent, f"the {parent['kind']} is {parent['status']}"
+        assert parent["lease_expires_at"] is not None and parent["fence"] is not None \
+            and child["fence"] is not None, "running items and their children were claimed"
         if parent["lease_expires_at"] <= now:
             return parent, f"its lease expired at {iso(parent['lease_expires_at'])}"
         if parent["fence"] > child["fence"]:
@@ -88,7 +92,8 @@ def claim_task(tx: Tx, now: int, *, worker_id: str, queues: list[str], ttl: int,
     """
     if item_id is not None:
         row = get_row(tx, item_id)
-        if row["status"] == Status.RUNNING and row["lease_expires_at"] <= now:
+        expires = row["lease_expires_at"]
+        if row["status"] == Status.RUNNING and expires is not None and expires <= now:
             recover_to_claim(tx, now, row, worker_id)  # taken over, or refused
         elif row["kind"] in PARENT_KIND:
             raise InvalidInput(f"item_id: item {item_id} is a {row['kind']}; "
@@ -108,7 +113,7 @@ def claim_task(tx: Tx, now: int, *, worker_id: str, queues: list[str], ttl: int,
     best = None
     for kind in kinds:
         for queue in queues:
-            c = tx.one("next_claimable", {"kind": kind, "queue": queue, "now": now})
+            c = tx.item("next_claimable", {"kind": kind, "queue": queue, "now": now})
             if c is not None and (best is None or (c["priority"], -c["id"])
                                   > (best["priority"], -best["id"])):
                 best = c
@@ -126,22 +131,15 @@ def claim_row(tx: Tx, now: int, item_id: int, worker_id: str, ttl: int,
     fence = ev.next_seq(tx)
     token, token_hash = new_token()
     # The new row as the claim query writes it (cheaper than reading it back).
-    new = dict(row, status=Status.RUNNING, attempts=row["attempts"] + 1, worker_id=worker_id,
-               fence=fence, token_hash=token_hash, lease_ttl_ms=ttl,
-               lease_expires_at=now + ttl, heartbeat_at=now, updated_at=now,
-               cancel_requested=0)
+    new: ItemRow = {**row, "status": Status.RUNNING, "attempts": row["attempts"] + 1,
+                    "worker_id": worker_id, "fence": fence, "token_hash": token_hash,
+                    "lease_ttl_ms": ttl, "lease_expires_at": now + ttl, "heartbeat_at": now,
+                    "updated_at": now, "cancel_requested": 0}
     tx.run("claim_item", new)
-    return claimed(tx, now, new, token)
-
-
-def claimed(tx: Tx, now: int, row: ItemRow, token: str) -> Claim:
-    register_worker(tx, now, row["worker_id"], row["lease_expires_at"])
-    emit(tx, now, row, EventType.CLAIMED, ev.CLAIMED)
-    assert tx.last_seq == row["fence"], "a claim's fence is its claimed event's sequence"
-    claim = public(row)
-    claim["token"] = token
-    claim["attempt"] = row["attempts"]
-    return claim
+    register_worker(tx, now, worker_id, now + ttl)
+    emit(tx, now, new, EventType.CLAIMED, ev.CLAIMED)
+    assert tx.last_seq == fence, "a claim's fence is its claimed event's sequence"
+    return {**public(new), "token": token, "attempt": new["attempts"]}
 
 
 # --- heartbeat ------------------------------------------------------------------------
@@ -169,6 +167,7 @@ def heartbeat(tx: Tx, now: int, *, item_id: int | None, token: str | None,
 def beat(tx: Tx, now: int, item_id: int, token: str, ttl: int | None) -> dict:
     row = held(tx, item_id, token, now)
     new = extend(tx, now, row, ttl)
+    assert new["worker_id"] is not None and new["lease_expires_at"] is not None
     register_worker(tx, now, new["worker_id"], new["lease_expires_at"])
     return lease_view(new)
 
@@ -184,8 +183,10 @@ def beat_one(tx: Tx, now: int, item_id: int, token: str, ttl: int | None) -> dic
 
 
 def extend(tx: Tx, now: int, row: ItemRow, ttl: int | None) -> ItemRow:
-    new = tx.one("extend_lease", {"id": row["id"], "now": now,
-                                  "expires": now + (ttl or row["lease_ttl_ms"])})
+    ttl = ttl or row["lease_ttl_ms"]
+    assert ttl is not None, "a running item has a lease"
+    new = tx.item("extend_lease", {"id": row["id"], "now": now, "expires": now + ttl})
+    assert new is not None, "the item was read in this transaction"
     emit(tx, now, new, EventType.HEARTBEAT, ev.HEARTBEAT)
     return new
 

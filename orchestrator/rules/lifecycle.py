@@ -23,9 +23,10 @@ def cancel_task(tx: Tx, now: int, *, item_id: int) -> Item:
     if row["status"] == Status.RUNNING:
         if row["cancel_requested"]:
             return public(row)  # asked already: nothing new to record
-        new = tx.one("request_cancel", {"id": item_id, "now": now})
-        emit(tx, now, new, EventType.CANCEL_REQUESTED, ev.CANCEL_REQUESTED)
-        return public(new)
+        asked = tx.item("request_cancel", {"id": item_id, "now": now})
+        assert asked is not None, "the item was read in this transaction"
+        emit(tx, now, asked, EventType.CANCEL_REQUESTED, ev.CANCEL_REQUESTED)
+        return public(asked)
     hint = "; resolve it with orch resolve" if row["status"] == Status.UNKNOWN else ""
     raise Conflict(f"item {item_id} is {row['status']} and cannot be cancelled{hint}",
                    data={"item_id": item_id, "status": row["status"]})
@@ -33,7 +34,8 @@ def cancel_task(tx: Tx, now: int, *, item_id: int) -> Item:
 
 def checkpoint(tx: Tx, now: int, *, item_id: int, token: str, data: str) -> dict:
     held(tx, item_id, token, now)
-    new = tx.one("save_checkpoint", {"id": item_id, "checkpoint": data, "now": now})
+    new = tx.item("save_checkpoint", {"id": item_id, "checkpoint": data, "now": now})
+    assert new is not None, "the item was read in this transaction"
     emit(tx, now, new, EventType.CHECKPOINT, ev.CHECKPOINT, size=len(data.encode()))
     return {"id": item_id, "fence": new["fence"], "checkpoint": json.loads(data)}
 

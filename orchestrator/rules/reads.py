@@ -17,7 +17,7 @@ def get_task(tx: Tx, now: int, *, item_id: int) -> Item:
 
 def list_tasks(tx: Tx, now: int, *, status: str | None, queue: str | None,
                kind: str | None, limit: int) -> list[Item]:
-    rows = tx.all("list_items", {"status": status, "queue": queue, "kind": kind,
+    rows = tx.items("list_items", {"status": status, "queue": queue, "kind": kind,
                                  "limit": limit or -1})
     return [public(r) for r in rows]
 
@@ -25,7 +25,7 @@ def list_tasks(tx: Tx, now: int, *, status: str | None, queue: str | None,
 def list_events(tx: Tx, now: int, *, item_id: int | None, since: int,
                 limit: int) -> list[Event]:
     params = {"since": since, "limit": limit or -1, "item_id": item_id}
-    rows = tx.all("events_since" if item_id is None else "events_of_item", params)
+    rows = tx.events("events_since" if item_id is None else "events_of_item", params)
     if item_id is not None and not rows:
         get_row(tx, item_id)  # no events: an item with none newer, or no such item
     return [event_view(r) for r in rows]
@@ -34,7 +34,7 @@ def list_events(tx: Tx, now: int, *, item_id: int | None, since: int,
 def verify(tx: Tx, now: int, *, item_id: int, token: str) -> dict:
     row = get_row(tx, item_id)
     valid = (row["status"] == Status.RUNNING and same_token(row, token)
-             and row["lease_expires_at"] > now
+             and row["lease_expires_at"] is not None and row["lease_expires_at"] > now
              and (row["kind"] not in PARENT_KIND or lost_ancestor(tx, row, now) is None))
     return {"valid": valid, "fence": row["fence"], "status": row["status"]}
 
@@ -52,7 +52,7 @@ def status(tx: Tx, now: int) -> dict:
                 "lease_expires_at": r["lease_expires_at"]}
                for r in tx.all("expired_leases", {"now": now, "limit": 1000})]
     return {"now": now, "counts": counts, "workers": workers, "expired_leases": expired,
-            "fence": tx.one("max_fence")["fence"] or 0, "schema_version": SCHEMA_VERSION}
+            "fence": tx.scalar("max_fence") or 0, "schema_version": SCHEMA_VERSION}
 
 
 def ping(tx: Tx, now: int) -> dict:

@@ -8,16 +8,27 @@ id of an expired lease (``recover_to_claim``) and a parent's release or takeover
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import events as ev
 from ..clock import iso
 from ..errors import Conflict
-from ..model import HOLDER_KINDS, PARENT_KIND, Effect, EventType, ItemRow, Reason, Status
+from ..model import (
+    HOLDER_KINDS,
+    PARENT_KIND,
+    Effect,
+    EventType,
+    ExpiredRow,
+    ItemRow,
+    Reason,
+    Status,
+)
 from ..store import CommitAndRaise, Rollback, Tx
 from ..validate import claimed_through, dump_json
 from .transitions import attempts_left, backoff_ms, emit, settle, settled
 
 
-def after_lost_lease(row: ItemRow, now: int) -> tuple[str, int | None]:
+def after_lost_lease(row: ExpiredRow, now: int) -> tuple[Status, int | None]:
     """The status an item goes to when its lease is lost, and when it may run again."""
     if row["effect"] == Effect.UNSAFE:
         return Status.UNKNOWN, None  # its side effect may have happened: never rerun blindly
@@ -28,15 +39,15 @@ def after_lost_lease(row: ItemRow, now: int) -> tuple[str, int | None]:
     return Status.DEAD, None
 
 
-def _recovered(row: ItemRow, new: ItemRow, reason: str) -> dict:
+def _recovered(row: ExpiredRow, new: ExpiredRow, reason: str) -> dict[str, Any]:
     """What a recovery reports of one item."""
     return {"id": row["id"], "kind": row["kind"], "queue": row["queue"],
             "worker_id": row["worker_id"], "fence": row["fence"], "status": new["status"],
             "run_after": new["run_after"], "reason": reason}
 
 
-def expire(tx: Tx, now: int, row: ItemRow, reason: str, done: list[dict], seen: set[int],
-           child_reason: str = Reason.PARENT_LEASE_LOST) -> None:
+def expire(tx: Tx, now: int, row: ExpiredRow, reason: str, done: list[dict[str, Any]],
+           seen: set[int], child_reason: str = Reason.PARENT_LEASE_LOST) -> None:
     """Fence out a lost lease, then the running descendants it covered."""
     seen.add(row["id"])
     status, run_after = after_lost_lease(row, now)
@@ -47,7 +58,7 @@ def expire(tx: Tx, now: int, row: ItemRow, reason: str, done: list[dict], seen: 
         fence_children(tx, now, row, child_reason, done, seen)
 
 
-def expire_many(tx: Tx, now: int, rows: list[ItemRow], done: list[dict]) -> None:
+def expire_many(tx: Tx, now: int, rows: list[ExpiredRow], done: list[dict[str, Any]]) -> None:
     """``expire`` for items that cover no children, with one executemany per table."""
     updates, events = [], []
     for row in rows:
@@ -64,7 +75,7 @@ def expire_many(tx: Tx, now: int, rows: list[ItemRow], done: list[dict]) -> None
         tx.run_many("settle_linked", updates)
 
 
-def expired_detail(new: ItemRow) -> str:
+def expired_detail(new: ExpiredRow) -> str:
     """``dump_json({**state_of(new, SETTLED), "reason": "lease_expired"})``, formatted
     directly for recovery in bulk (checked by the tests against the general path)."""
     result = "null" if new["result"] is None else f'"{ev.digest(new["result"])}"'
@@ -79,9 +90,9 @@ def stale_recovery(tx: Tx, now: int, *, dry_run: bool = False) -> dict:
     Sessions and goals go first, one by one, since each takes its running children
     with it; the rest, which cover nothing, are settled in bulk.
     """
-    done: list[dict] = []
+    done: list[dict[str, Any]] = []
     seen: set[int] = set()
-    expired = tx.all("expired_leases", {"now": now, "limit": -1})
+    expired = tx.expired("expired_leases", {"now": now, "limit": -1})
     for row in expired:
         if row["kind"] in HOLDER_KINDS and row["id"] not in seen:
             expire(tx, now, row, Reason.LEASE_EXPIRED, done, seen)
@@ -121,9 +132,9 @@ def take_over(tx: Tx, now: int, row: ItemRow, worker_id: str) -> None:
         fence_children(tx, now, row, Reason.PARENT_TAKEN_OVER, [], {row["id"]})
 
 
-def fence_children(tx: Tx, now: int, row: ItemRow, reason: str, done: list[dict],
+def fence_children(tx: Tx, now: int, row: ExpiredRow, reason: str, done: list[dict[str, Any]],
                    seen: set[int]) -> None:
     """Fence out the running descendants of a session or goal whose claim has ended."""
-    for child in tx.all("running_children", {"id": row["id"]}):
+    for child in tx.items("running_children", {"id": row["id"]}):
         if child["id"] not in seen:
             expire(tx, now, child, reason, done, seen, reason)

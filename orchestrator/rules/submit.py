@@ -28,7 +28,7 @@ def submit_task(tx: Tx, now: int, *, payload: str, queue: str, priority: int,
                            f" (orch {'goal add' if kind == Kind.GOAL else 'tool exec'}), "
                            "under its parent's lease", data={"field": "kind"})
     if key is not None:
-        existing = tx.one("item_by_key", {"kind": kind, "queue": queue, "key": key})
+        existing = tx.item("item_by_key", {"kind": kind, "queue": queue, "key": key})
         if existing is not None:
             return {**public(existing), "created": False}
     want_parent = PARENT_KIND.get(kind)
@@ -45,11 +45,12 @@ def submit_task(tx: Tx, now: int, *, payload: str, queue: str, priority: int,
         effect = Effect.UNSAFE if kind == Kind.TOOL_EXECUTION else Effect.IDEMPOTENT
     if max_attempts is None:
         max_attempts = default_max_attempts(kind)
-    row = tx.one("insert_item", {
+    row = tx.item("insert_item", {
         "kind": kind, "queue": queue, "parent_id": parent_id, "key": key,
         "payload": payload, "priority": priority, "max_attempts": max_attempts,
         "run_after": now + delay, "effect": effect, "now": now,
     })
+    assert row is not None, "RETURNING answers the inserted row"
     emit(tx, now, row, EventType.SUBMITTED, ev.SUBMITTED)
     return {**public(row), "created": True}
 
@@ -80,7 +81,7 @@ def insert_plain(tx: Tx, now: int, batch: list[dict]) -> list[dict]:
     """
     if not batch:
         return []
-    next_id = tx.one("max_item_id")["id"] + 1
+    next_id = (tx.scalar("max_item_id") or 0) + 1
     rows, events = [], []
     for i, p in enumerate(batch):
         kind = p["kind"]

@@ -35,6 +35,9 @@ class _Entropy:
     """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.lock = threading.Lock()
         self.buf = b""
         self.pos = 0
@@ -48,7 +51,7 @@ class _Entropy:
 
 
 _ENTROPY = _Entropy()
-os.register_at_fork(after_in_child=_ENTROPY.__init__)
+os.register_at_fork(after_in_child=_ENTROPY.reset)
 
 
 def new_token() -> tuple[str, str]:

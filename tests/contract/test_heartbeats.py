@@ -79,7 +79,7 @@ def test_heartbeat_refuses_a_worker_name_and_bad_lease_lists(api, store):
     api.submit_task(1)
     c = api.claim_task("w1", ttl=10)
     before = store.snapshot()
-    with pytest.raises(InvalidInput, match="worker_id: no longer accepted: .*reusing its name"):
+    with pytest.raises(InvalidInput, match=r"worker_id: no longer accepted: .*reusing its name"):
         api._call("heartbeat", {"worker_id": "w1"})
     lease = {"item_id": c["id"], "token": c["token"]}
     for bad, match in [
