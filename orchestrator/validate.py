@@ -347,16 +347,16 @@ def _not_object(field: str):
     raise InvalidInput(f"{field}: expected an object", data={"field": field})
 
 
-_SPECS: dict[str, Spec] = {}
+_CHECKS_BY_OP: dict[str, Spec] = {}
 
 
 def check(op: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` for operation ``op``; return them normalised, defaults filled."""
-    spec = _SPECS.get(op)
+    spec = _CHECKS_BY_OP.get(op)
     if spec is None:
         # Each operation's parameters are in its registry record, which is made of the
         # checkers above: looked up on first use, as that module imports this one.
         from .registry import BY_NAME
 
-        spec = _SPECS[op] = BY_NAME[op].params
+        spec = _CHECKS_BY_OP[op] = BY_NAME[op].params
     return spec.check(params)
