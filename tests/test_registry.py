@@ -104,7 +104,8 @@ def test_the_daemon_tables_come_from_the_records() -> None:
 #: What ``orch`` may load when a daemon answers: no engine, no APSW, no tenacity.
 SOCKET_PATH_MODULES = {
     "orchestrator", "orchestrator.__main__", "orchestrator.cli", "orchestrator.client",
-    "orchestrator.clock", "orchestrator.defaults", "orchestrator.errors",
+    "orchestrator.clock", "orchestrator.defaults", "orchestrator.entry", "orchestrator.errors",
+    "orchestrator.fastpath",
     "orchestrator.formatting", "orchestrator.interface", "orchestrator.model",
     "orchestrator.paths", "orchestrator.protocol", "orchestrator.registry",
     "orchestrator.validate",
