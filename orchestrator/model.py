@@ -78,11 +78,10 @@ class Reason(StrEnum):
 PARENT_KIND: dict[str, Kind] = {Kind.GOAL: Kind.SESSION, Kind.TOOL_EXECUTION: Kind.GOAL}
 #: Kinds whose lease covers their children.
 HOLDER_KINDS = (Kind.SESSION, Kind.GOAL)
-#: What a claim may hand out: goals and tool executions are claimed only for their
-#: parent's holder, when it creates (or takes back) them under its own lease.
-CLAIM_KINDS = (Kind.TASK, Kind.SESSION)
-#: The kinds submit makes: goals and tool executions are made under their parent's lease.
-SUBMIT_KINDS = (Kind.TASK, Kind.SESSION)
+#: What submit makes and a claim hands out: the kinds without a parent. Goals and tool
+#: executions are made and claimed only under their parent's lease, for its holder.
+CLAIM_KINDS: tuple[Kind, ...] = tuple(k for k in Kind if k not in PARENT_KIND)
+SUBMIT_KINDS = CLAIM_KINDS
 
 #: Item columns stored as JSON text: decoded for callers, digested in events.
 JSON_COLUMNS = ("payload", "checkpoint", "result")
