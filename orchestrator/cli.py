@@ -415,16 +415,22 @@ def recover(dry_run) -> int:
     return 0
 
 
+#: --by of the actions a person takes (cancel, resolve, retry).
+by_option = click.option("--by", default=None, metavar="NAME",
+                         help="Who is acting, recorded in the event (like a worker id).")
+
+
 @command(cli)
 @click.argument("item_id", type=int)
-def cancel(item_id) -> int:
+@by_option
+def cancel(item_id, by) -> int:
     """Cancel a pending item, or ask a running item's holder to stop.
 
     \b
     Example:
       orch cancel 42
     """
-    item = settings().backend().cancel_task(item_id)
+    item = settings().backend().cancel_task(item_id, by=by)
     out(item, fmt.cancelled_text)
     return 0
 
@@ -451,15 +457,32 @@ def checkpoint_cmd(item_id, token, token_file, data) -> int:
 @click.option("--outcome", required=True, type=click.Choice(RESOLUTIONS),
               help="What happened, as you found out: succeeded, failed or cancelled "
                    "settle it; retry makes it pending again.")
-def resolve(item_id, outcome) -> int:
+@by_option
+def resolve(item_id, outcome, by) -> int:
     """Settle an item whose status is unknown.
 
     \b
     Example:
       orch resolve 42 --outcome retry
     """
-    item = settings().backend().resolve_task(item_id, outcome)
+    item = settings().backend().resolve_task(item_id, outcome, by=by)
     out(item, fmt.status_line)
+    return 0
+
+
+@command(cli)
+@click.argument("item_id", type=int)
+@by_option
+def retry(item_id, by) -> int:
+    """Make a dead, failed or cancelled item pending again, claimable now, with as many
+    more attempts as it was submitted with.
+
+    \b
+    Example:
+      orch retry 42
+    """
+    item = settings().backend().retry_task(item_id, by=by)
+    out(item, fmt.retried_text)
     return 0
 
 

@@ -33,6 +33,7 @@ HEARTBEAT = ("lease_expires_at", "heartbeat_at")
 CHECKPOINT = ("checkpoint",)
 SETTLED = ("status", "run_after", "result", "error", "lease_expires_at", "heartbeat_at")
 CANCEL_REQUESTED = ("cancel_requested",)
+REQUEUED = ("status", "run_after", "max_attempts", "cancel_requested")
 
 
 def digest(text: str | None) -> str | None:

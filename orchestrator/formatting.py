@@ -128,6 +128,12 @@ def cancelled_text(item: dict) -> str:
     return f"item {item['id']}: {item['status']}"
 
 
+def retried_text(item: dict) -> str:
+    budget = (f"attempt {item['attempts'] + 1} of {item['max_attempts']} next"
+              if item["max_attempts"] else "no attempt limit")
+    return f"item {item['id']}: pending, claimable now ({budget})"
+
+
 def checkpointed_text(r: dict) -> str:
     return f"item {r['id']}: checkpoint saved"
 

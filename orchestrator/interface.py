@@ -90,17 +90,24 @@ class Operations(abc.ABC):
         """Fence out every expired lease and move its item on; safe to run any time."""
         return self._call("stale_recovery", _given(locals()))
 
-    def cancel_task(self, item_id: int) -> Item:
-        """Cancel a pending item, or ask the holder of a running one to stop."""
-        return self._call("cancel_task", {"item_id": item_id})
+    def cancel_task(self, item_id: int, *, by: str | None = None) -> Item:
+        """Cancel a pending item, or ask the holder of a running one to stop. ``by``:
+        who asked, recorded in the event."""
+        return self._call("cancel_task", _given(locals()))
 
     def checkpoint(self, item_id: int, token: str, data: Any) -> dict[str, Any]:
         """Store the holder's progress; the next holder gets it with its claim."""
         return self._call("checkpoint", {"item_id": item_id, "token": token, "data": data})
 
-    def resolve_task(self, item_id: int, outcome: str) -> Item:
-        """Settle an ``unknown`` item: succeeded, failed, retry or cancelled."""
-        return self._call("resolve_task", {"item_id": item_id, "outcome": outcome})
+    def resolve_task(self, item_id: int, outcome: str, *, by: str | None = None) -> Item:
+        """Settle an ``unknown`` item: succeeded, failed, retry or cancelled. ``by``: who
+        settled it, recorded in the event."""
+        return self._call("resolve_task", _given(locals()))
+
+    def retry_task(self, item_id: int, *, by: str | None = None) -> Item:
+        """Make a dead, failed or cancelled task or session pending again, claimable at
+        once, with as many more attempts as it was submitted with. ``by``: who asked."""
+        return self._call("retry_task", _given(locals()))
 
     def get_task(self, item_id: int) -> Item:
         """One item."""
@@ -153,6 +160,12 @@ class Operations(abc.ABC):
     def replay_session(self, session_id: int) -> dict[str, Any]:
         """The session, its goals and their tool executions, with their events."""
         return self._call("replay_session", {"session_id": session_id})
+
+    def overview(self, since: int | None = None) -> dict[str, Any]:
+        """Items by queue and status, each worker's leases, and the last hour's claims,
+        releases and failures per minute (only events after ``since``, a previous
+        answer's ``last_seq``, are counted)."""
+        return self._call("overview", _given(locals()))
 
     def explain_task(self, item_id: int) -> dict[str, Any]:
         """Why the item is where it is, in a sentence or two."""

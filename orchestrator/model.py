@@ -63,6 +63,7 @@ class EventType(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     CANCELLED = "cancelled"
     RESOLVED = "resolved"
+    REQUEUED = "requeued"  # a dead, failed or cancelled item made pending again (orch retry)
 
 
 class Reason(StrEnum):

@@ -96,6 +96,8 @@ def _resolve(ref: str) -> Callable[..., Any]:
 
 
 _LIMIT = integer(0, 1_000_000_000)
+#: Who took an action (cancel, resolve, retry), for its event: a name like a worker id.
+BY = (optional(worker), None)
 
 SUBMIT = Spec({
     "payload": (json_value, "null"),  # defaults are given normalised
@@ -178,7 +180,7 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
         Spec({"dry_run": (boolean, False)}), cli="recover", feeds=True),
     Operation(
         "cancel_task", "cancelTask", "rules.lifecycle:cancel_task", True,
-        Spec({"item_id": (item_id, REQUIRED)}), cli="cancel"),
+        Spec({"item_id": (item_id, REQUIRED), "by": BY}), cli="cancel"),
     Operation(
         "checkpoint", "checkpoint", "rules.lifecycle:checkpoint", True, Spec({
             "item_id": (item_id, REQUIRED),
@@ -189,7 +191,11 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
         "resolve_task", "resolveTask", "rules.lifecycle:resolve_task", True, Spec({
             "item_id": (item_id, REQUIRED),
             "outcome": (choice(RESOLUTIONS), REQUIRED),
+            "by": BY,
         }), cli="resolve", feeds=True),
+    Operation(
+        "retry_task", "retryTask", "rules.lifecycle:retry_task", True,
+        Spec({"item_id": (item_id, REQUIRED), "by": BY}), cli="retry", feeds=True),
     Operation(
         "get_task", "getTask", "rules.reads:get_task", False,
         Spec({"item_id": (item_id, REQUIRED)}), cli="show"),
@@ -250,6 +256,11 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
     Operation(
         "replay_session", "replaySession", "rules.agents:replay_session", False,
         Spec({"session_id": (item_id, REQUIRED)}), cli="replay"),
+    Operation(
+        "overview", "overview", "rules.overview:overview", False,
+        Spec({"since": (integer(0), 0)}), cli=None,
+        no_cli="the web view's overview page shows it (orch web); at a terminal, orch "
+               "status and orch ls tell the same"),
     Operation(
         "explain_task", "explainTask", "rules.explain:explain_task", False,
         Spec({"item_id": (item_id, REQUIRED)}), cli="why"),

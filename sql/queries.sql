@@ -81,6 +81,16 @@ WHERE id = :id;
 -- name: request_cancel
 UPDATE items SET cancel_requested = 1, updated_at = :now WHERE id = :id RETURNING *;
 
+-- name: requeue_item
+-- A dead, failed or cancelled item made claimable again (rules.retry_task): a new
+-- attempt budget, any old cancel request cleared; result and error stay until the next
+-- release replaces them.
+UPDATE items
+SET status = 'pending', run_after = :now, max_attempts = :max_attempts, cancel_requested = 0,
+    updated_at = :now
+WHERE id = :id
+RETURNING *;
+
 -- name: save_checkpoint
 UPDATE items SET checkpoint = :checkpoint, updated_at = :now WHERE id = :id RETURNING *;
 
@@ -113,6 +123,18 @@ LIMIT :limit;
 -- name: count_by_status
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
+-- name: count_by_queue_status
+SELECT queue, status, count(*) AS n FROM items GROUP BY queue, status ORDER BY queue, status;
+
+-- name: running_leases
+-- The live (and expired, not yet recovered) leases, with what a person needs to see of
+-- each: never the token hash.
+SELECT id, kind, queue, worker_id, fence, lease_expires_at, heartbeat_at, cancel_requested
+FROM items INDEXED BY items_lease
+WHERE status = 'running'
+ORDER BY worker_id, id
+LIMIT :limit;
+
 -- name: running_by_worker
 SELECT worker_id, id FROM items INDEXED BY items_lease
 WHERE status = 'running'
@@ -133,6 +155,22 @@ VALUES (:seq, :at, :item_id, :type, :worker_id, :fence, :detail, :prev_hash, :ha
 
 -- name: link_event
 UPDATE items SET last_event = :seq WHERE id = :item_id;
+
+-- name: event_at_or_after
+SELECT seq, at FROM event_log WHERE seq >= :seq ORDER BY seq LIMIT 1;
+
+-- name: activity
+-- Claims, releases and failures (a failed release, a lost lease) per time slot, among
+-- the events :first..:last at or after :start (the web view's charts).
+SELECT :bucket * (at / :bucket) AS slot,
+       sum(type = 'claimed') AS claims,
+       sum(type = 'released') AS releases,
+       sum(type = 'expired'
+           OR (type = 'released' AND json_extract(detail, '$.outcome') = 'failed')) AS failures
+FROM event_log
+WHERE seq BETWEEN :first AND :last AND at >= :start
+GROUP BY 1
+ORDER BY 1;
 
 -- name: events_since
 SELECT * FROM event_log WHERE seq > :since ORDER BY seq LIMIT :limit;

@@ -245,3 +245,29 @@ def test_why_text_and_json_for_each_status(orch, cli):
     # no such item
     r = cli("why", "999999")
     assert r.code == 5 and r.err.startswith("orch: error: ")
+
+
+def test_requeued_and_actions_by_someone(orch, why, cli, clock):
+    a = orch.submit_task(max_attempts=1)
+    c = orch.claim_task("w1")
+    orch.release_task(a["id"], c["token"], "failed", error="boom")
+    clock.tick(2)
+    r = cli("retry", str(a["id"]), "--by", "web:alice")
+    assert (r.code, r.out) == (0, f"item {a['id']}: pending, claimable now (attempt 2 of 2 "
+                                  "next)\n"), r
+    assert why(a["id"]) == (f"pending: requeued by web:alice at {at(2)}, after it was dead; "
+                            "next is attempt 2 of 2, claimable now")
+    clock.tick(1)
+    cli("cancel", str(a["id"]))
+    cli("retry", str(a["id"]))
+    assert why(a["id"]) == (f"pending: requeued with orch retry at {at(3)}, after it was "
+                            "cancelled; next is attempt 2 of 2, claimable now")
+    ok_ = cli("cancel", str(a["id"]), "--by", "ops")
+    assert ok_.code == 0, ok_
+    assert why(a["id"]) == f"cancelled: after 1 attempt(s); cancelled by ops at {at(3)}, while pending"
+    r = cli("retry", "999")
+    assert (r.code, r.err) == (5, "orch: error: item 999 not found\n")
+    b = orch.submit_task()
+    r = cli("retry", str(b["id"]))
+    assert (r.code, r.err) == (6, f"orch: error: item {b['id']} is pending: only dead, failed "
+                                  "or cancelled items are retried\n")

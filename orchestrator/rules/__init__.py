@@ -12,7 +12,7 @@ By concern:
 - ``leases``: claim, heartbeat, release (and release-and-claim), ``held``.
 - ``recovery``: lost leases, one at a time and in bulk; takeover; cascade fencing.
 - ``submit``: making items, one at a time and in bulk.
-- ``lifecycle``: cancel, checkpoint, resolve.
+- ``lifecycle``: cancel, checkpoint, resolve, retry.
 - ``reads``: get, list, events, verify, status.
 - ``agents``: sessions, goals and tool executions.
 - ``explain``: why an item is where it is.
@@ -46,7 +46,7 @@ from .leases import (
     release_and_claim,
     release_task,
 )
-from .lifecycle import cancel_task, checkpoint, resolve_task
+from .lifecycle import cancel_task, checkpoint, resolve_task, retry_task
 from .reads import get_task, list_events, list_tasks, next_due, ping, status, verify
 from .recovery import (
     after_lost_lease,
@@ -83,7 +83,7 @@ __all__ = [
     "lease_view", "list_events", "list_tasks", "lost_ancestor", "new_token", "next_claim",
     "next_due", "ping", "public", "recover_to_claim", "register_worker",
     "release_and_claim", "release_task", "replay_session", "resolve_task",
-    "resume_session", "same_token", "settle", "settled", "stale_recovery",
+    "resume_session", "retry_task", "same_token", "settle", "settled", "stale_recovery",
     "start_session", "status", "submit_many", "submit_task", "submitted_detail",
     "take_over", "verify",
 ]

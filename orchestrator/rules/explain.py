@@ -20,7 +20,7 @@ from .views import event_view
 
 #: Event types that set an item's status: the last of them is why it is where it is.
 SETS_STATUS = (EventType.SUBMITTED, EventType.CLAIMED, EventType.RELEASED, EventType.EXPIRED,
-               EventType.CANCELLED, EventType.RESOLVED)
+               EventType.CANCELLED, EventType.RESOLVED, EventType.REQUEUED)
 
 FENCED_OUT = {  # expired.reason -> why the holder was fenced out before its lease ended
     Reason.PARENT_LEASE_LOST: "its parent's lease was lost",
@@ -57,6 +57,9 @@ def explain(events: list[Event], state: dict[str, Any], now: int, item_id: int) 
         return f"{st}: {said}"
     outcome = cause["detail"].get("outcome")
     if st == Status.PENDING:
+        if cause["type"] == EventType.REQUEUED:
+            return (f"pending: {said}; next is attempt {_attempt(state['attempts'] + 1, state)}"
+                    f", claimable {_in(state['run_after'], now)}")
         if state["attempts"] == 0:
             return f"pending: {said}, not claimed yet; claimable {_in(state['run_after'], now)}"
         after = ("failure" if outcome == Outcome.FAILED
@@ -121,9 +124,10 @@ def clause(e: Event, before: list[Event], state: dict[str, Any]) -> str:
         case EventType.CHECKPOINT:
             return f"last checkpoint at {at} ({d['size']} bytes)"
         case EventType.CANCEL_REQUESTED:
-            return f"a cancel was requested at {at}; the holder sees it on its next heartbeat"
+            return (f"a cancel was requested{_by(d)} at {at}; the holder sees it on its next "
+                    "heartbeat")
         case EventType.CANCELLED:
-            return f"cancelled with orch cancel at {at}, while pending"
+            return f"cancelled {_by(d, 'with orch cancel')} at {at}, while pending"
         case EventType.RELEASED:
             error = f" ({d['error']})" if d.get("error") else ""
             return f"{holder} released it as {d['outcome']} at {at}{error}"
@@ -131,8 +135,11 @@ def clause(e: Event, before: list[Event], state: dict[str, Any]) -> str:
             return (f"{d['by']} took over the expired lease of {d['previous_worker']} "
                     f"(fence {d['previous_fence']}) at {at}")
         case EventType.RESOLVED:
-            return (f"resolved as {d['outcome']} with orch resolve at {at}, after the lease "
-                    f"of {holder} was lost")
+            return (f"resolved as {d['outcome']} {_by(d, 'with orch resolve')} at {at}, after "
+                    f"the lease of {holder} was lost")
+        case EventType.REQUEUED:
+            return (f"requeued {_by(d, 'with orch retry')} at {at}, after it was "
+                    f"{d['previous_status']}")
         case EventType.EXPIRED:
             if d["reason"] != Reason.LEASE_EXPIRED:
                 return (f"{holder} was fenced out at {at} because "
@@ -141,6 +148,13 @@ def clause(e: Event, before: list[Event], state: dict[str, Any]) -> str:
             ended = f" ended at {iso(lease['detail']['lease_expires_at'])} and" if lease else ""
             return f"the lease of {holder}{ended} was recovered at {at}"
     return f"{e['type']} at {at}"
+
+
+def _by(d: dict[str, Any], otherwise: str = "") -> str:
+    """Who acted, as an action's event recorded it (``by``), else how."""
+    if d.get("by"):
+        return f"by {d['by']}" if otherwise else f" by {d['by']}"
+    return otherwise
 
 
 def _last(events: list[Event], *types: str) -> Event | None:
