@@ -790,6 +790,19 @@ def why(item_id) -> int:
     return 0
 
 
+def _http_address(_ctx: click.Context, _param: click.Parameter,
+                  value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:8787
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{value!r}: give HOST:PORT, such as 127.0.0.1:8787 "
+                                 "(port 0 picks a free one)")
+    return host, int(port)
+
+
 @command(cli)
 @click.option("--synchronous", type=click.Choice(["full", "normal"]), default="full",
               show_default=True,
@@ -818,13 +831,17 @@ def why(item_id) -> int:
               show_default=True,
               help="Unread input held for all clients together; past it the client "
                    "holding the most is dropped.")
+@click.option("--http", metavar="HOST:PORT", default=None, callback=_http_address,
+              help="Also serve the web view there (port 0: any free port); orch web "
+                   "prints its URL. Off unless given; keep HOST a loopback address.")
 def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_timeout,
-           max_connections, max_buffered_mib) -> int:
+           max_connections, max_buffered_mib, http) -> int:
     """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
 
     \b
     Example:
       orch daemon --log-level DEBUG
+      orch daemon --http 127.0.0.1:8787
     """
     from . import daemon as server
 
@@ -835,7 +852,34 @@ def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_t
                       log_level=log_level, recover_every_s=recover_every,
                       line_timeout_s=line_timeout, idle_timeout_s=idle_timeout,
                       max_connections=max_connections,
-                      max_buffered=int(max_buffered_mib * (1 << 20)))
+                      max_buffered=int(max_buffered_mib * (1 << 20)), http=http)
+
+
+@command(cli)
+@click.option("--open", "open_", is_flag=True, default=False,
+              help="Also open it in the browser.")
+def web(open_) -> int:
+    """Print the URL of the running daemon's web view, with its access token.
+
+    The daemon serves one with orch daemon --http HOST:PORT. The token logs the
+    browser in once and leaves the address bar; keep the URL to yourself.
+
+    \b
+    Example:
+      orch web --open
+    """
+    from .web import access
+
+    sock = settings().socket or paths.default_socket()
+    url = access.login_url(access.read(sock))
+    if open_:
+        import webbrowser
+
+        # Through a 0600 page that forwards the browser: a URL on the browser's command
+        # line would show the token to every user of the machine (ps).
+        webbrowser.open(access.write_opener(sock, url).as_uri())
+    out({"url": url}, url)
+    return 0
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def internal_error(exc: BaseException) -> OrchError:
 
 
 # exit codes: 0 done, 1 error, 2 usage, 3 nothing to claim, 4 lease lost, 5 not found,
-# 6 conflict, 7 unavailable.  JSON-RPC: the standard codes, then 1001-1005.
+# 6 conflict, 7 unavailable.  JSON-RPC: the standard codes, then 1001-1005.  HTTP (the
+# web view): the status a page or JSON endpoint answers with.
 EXIT_NOTHING_TO_CLAIM = 3
 RPC_PARSE_ERROR = -32700
 RPC_INVALID_REQUEST = -32600
@@ -101,37 +102,44 @@ RPC_CONFLICT = 1003
 RPC_LIMIT_EXCEEDED = 1004
 RPC_UNAVAILABLE = 1005
 
-#: error class -> (CLI exit code, JSON-RPC error code). Subclasses are listed before
-#: their bases; nothing else in orch decides these numbers.
-CODES: list[tuple[type[OrchError], int, int]] = [
-    (LimitExceeded, 2, RPC_LIMIT_EXCEEDED),
-    (InvalidInput, 2, RPC_INVALID_PARAMS),
-    (LeaseLost, 4, RPC_LEASE_LOST),
-    (NotFound, 5, RPC_NOT_FOUND),
-    (Conflict, 6, RPC_CONFLICT),
-    (Unavailable, 7, RPC_UNAVAILABLE),
-    (Corrupt, 1, RPC_UNAVAILABLE),
-    (OrchError, 1, RPC_INTERNAL_ERROR),
+#: error class -> (CLI exit code, JSON-RPC error code, HTTP status). Subclasses are
+#: listed before their bases; nothing else in orch decides these numbers.
+CODES: list[tuple[type[OrchError], int, int, int]] = [
+    (LimitExceeded, 2, RPC_LIMIT_EXCEEDED, 400),
+    (InvalidInput, 2, RPC_INVALID_PARAMS, 400),
+    (LeaseLost, 4, RPC_LEASE_LOST, 409),
+    (NotFound, 5, RPC_NOT_FOUND, 404),
+    (Conflict, 6, RPC_CONFLICT, 409),
+    (Unavailable, 7, RPC_UNAVAILABLE, 503),
+    (Corrupt, 1, RPC_UNAVAILABLE, 500),
+    (OrchError, 1, RPC_INTERNAL_ERROR, 500),
 ]
 
 
 def exit_code(exc: BaseException) -> int:
-    for cls, code, _ in CODES:
+    for cls, code, _, _ in CODES:
         if isinstance(exc, cls):
             return code
     return 1
 
 
 def rpc_code(exc: BaseException) -> int:
-    for cls, _, code in CODES:
+    for cls, _, code, _ in CODES:
         if isinstance(exc, cls):
             return code
     return RPC_INTERNAL_ERROR
 
 
+def http_status(exc: BaseException) -> int:
+    for cls, _, _, status in CODES:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
 def from_rpc(code: int, message: str, data: dict[str, Any] | None) -> OrchError:
     """Rebuild the domain error a daemon reported, so callers see one error type per case."""
-    for cls, _, rpc in CODES:
+    for cls, _, rpc, _ in CODES:
         if rpc == code:
             if (data or {}).get("delivered") is False:
                 cls = NotDelivered  # turned away unread: the caller may send it again

@@ -23,6 +23,12 @@ def default_socket() -> Path:
     return Path(env).expanduser() if env else home() / "run" / "orch.sock"
 
 
+def web_access_file(sock: Path) -> Path:
+    """Where a daemon serving a web view writes its address and access token (0600),
+    beside its socket: ``orch web`` reads it."""
+    return sock.with_name(sock.name + ".web")
+
+
 def default_log_file() -> Path:
     return home() / "logs" / "orchestrator.log"
 

@@ -123,13 +123,14 @@ LIMIT :limit;
 -- name: count_by_status
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
--- name: count_by_queue_status
-SELECT queue, status, count(*) AS n FROM items GROUP BY queue, status ORDER BY queue, status;
+-- name: count_by_kind_queue_status
+SELECT kind, queue, status, count(*) AS n FROM items GROUP BY kind, queue, status;
 
 -- name: running_leases
 -- The live (and expired, not yet recovered) leases, with what a person needs to see of
 -- each: never the token hash.
-SELECT id, kind, queue, worker_id, fence, lease_expires_at, heartbeat_at, cancel_requested
+SELECT id, kind, queue, worker_id, fence, lease_ttl_ms, lease_expires_at, heartbeat_at,
+       cancel_requested
 FROM items INDEXED BY items_lease
 WHERE status = 'running'
 ORDER BY worker_id, id

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 from loguru import logger
@@ -33,6 +33,9 @@ from .logs import Throttled, setup_logging
 from .waiters import Waiters
 from .wire import Request, error_reply
 from .writer import Checkpointer, GroupCommit
+
+if TYPE_CHECKING:
+    from ..web.app import WebView
 
 RECOVER_EVERY_S = defaults.RECOVER_EVERY_S
 # What one client may hold of the daemon (each a ``orch daemon`` option, see defaults):
@@ -56,7 +59,8 @@ class Daemon:
                  line_timeout_s: float = LINE_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
-                 readers: int = 4, debug: bool = False):
+                 readers: int = 4, debug: bool = False,
+                 http: tuple[str, int] | None = None):
         self.db = Path(db).resolve()
         self.sock = Path(sock)
         self.synchronous = synchronous
@@ -95,6 +99,8 @@ class Daemon:
         self._local = threading.local()
         self._readers: list[SQLiteStore] = []
         self._readers_lock = threading.Lock()
+        self.http = http
+        self.web: WebView | None = None
 
     # -- start and stop --
 
@@ -135,6 +141,7 @@ class Daemon:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._claim_socket_path()
+        self._bind_web()
         self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
         self.writer_store.manual_checkpoints()
         self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections))
@@ -151,11 +158,13 @@ class Daemon:
         loop.add_reader(self.listener.fileno(), self._accept)
         logger.bind(db=str(self.db), socket=str(self.sock), pid=os.getpid()).info(
             "orch daemon serving {} on {}", self.db, self.sock)
+        await self._start_web()
         ticker = asyncio.create_task(self._tick())
         sweeper = asyncio.create_task(self._sweep())
         await self.stopping.wait()
         logger.info("stopping: no new connections, finishing requests in flight")
         self._stop_accepting()
+        await self._stop_web()
         ticker.cancel()
         sweeper.cancel()
         self.waiters.wake_all()
@@ -183,6 +192,23 @@ class Daemon:
         self.sock.unlink(missing_ok=True)
         logger.bind(commits=self.writer.commits, requests=self.writer.committed_requests).info(
             "orch daemon stopped")
+
+    # -- the web view (orch daemon --http) --
+
+    def _bind_web(self) -> None:
+        """Take the port before anything else starts, so one in use stops the daemon."""
+        if self.http is not None:
+            from ..web.app import WebView
+
+            self.web = WebView(self, *self.http)
+
+    async def _start_web(self) -> None:
+        if self.web is not None:
+            await self.web.start()
+
+    async def _stop_web(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
 
     # -- connections --
 
@@ -507,12 +533,13 @@ class Daemon:
 def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
         log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
         line_timeout_s: float = LINE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
-        max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED) -> int:
+        max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
+        http: tuple[str, int] | None = None) -> int:
     setup_logging(log_file, log_level)
     daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
                     line_timeout_s=line_timeout_s, idle_timeout_s=idle_timeout_s,
                     max_connections=max_connections, max_buffered=max_buffered,
-                    debug=log_level == "DEBUG")
+                    debug=log_level == "DEBUG", http=http)
     asyncio.run(daemon.serve())
     return 0
 

@@ -1,6 +1,9 @@
 """What the web view's overview shows at a glance: items by queue and status, the live
 leases of each worker, and the last hour's claims, releases and failures per minute.
 
+Goals and tool executions live in a queue of their parent's each (``session:12``), so
+they are counted by kind and status instead, not as queues.
+
 The hour's activity is read from the event log. A caller that polls passes ``since``,
 the ``last_seq`` of its previous answer, and gets only the events after it, so a page
 left open costs what the log grew by, not the hour's length of it.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model import PARENT_KIND
 from ..store import Tx
 from ..validate import STATUSES
 
@@ -21,8 +25,11 @@ MAX_LEASES = 1000
 def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
     counts = dict.fromkeys(STATUSES, 0)
     queues: dict[str, dict[str, int]] = {}
-    for r in tx.all("count_by_queue_status"):
-        queues.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))[r["status"]] = r["n"]
+    children: dict[str, dict[str, int]] = {k: dict.fromkeys(STATUSES, 0) for k in PARENT_KIND}
+    for r in tx.all("count_by_kind_queue_status"):
+        by_status = children[r["kind"]] if r["kind"] in PARENT_KIND else \
+            queues.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))
+        by_status[r["status"]] += r["n"]
         counts[r["status"]] += r["n"]
     workers: dict[str, list[dict[str, Any]]] = {}
     for r in tx.all("running_leases", {"limit": MAX_LEASES}):
@@ -30,7 +37,8 @@ def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
             {**r, "cancel_requested": bool(r["cancel_requested"])})
     head = tx.one("last_event")
     last_seq = head["seq"] if head else 0
-    return {"now": now, "counts": counts, "queues": queues,
+    return {"now": now, "counts": counts, "queues": dict(sorted(queues.items())),
+            "children": children,
             "workers": [{"worker_id": w, "leases": leases} for w, leases in workers.items()],
             "last_seq": last_seq, "activity": activity(tx, now, since, last_seq)}
 
