@@ -510,3 +510,79 @@ def raw(daemon):
 
     with Raw(daemon.sock) as r:
         yield r
+
+
+# --- the daemon's web view over plain HTTP ------------------------------------------------
+
+
+class WebAnswer:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"WebAnswer({self.status}, {self.body[:300]!r})"
+
+
+class WebClient:
+    """The web view of a daemon started with ``--http 127.0.0.1:0``, asked over
+    http.client, so every header is what the test gives (Host included)."""
+
+    def __init__(self, daemon: DaemonProcess, timeout: float = 10.0):
+        from orchestrator import paths
+
+        self.daemon = daemon
+        access = paths.web_access_file(daemon.sock)
+        deadline = time.monotonic() + timeout
+        while not access.exists():  # written once the view serves, after the socket
+            assert time.monotonic() < deadline, "the daemon wrote no web access file"
+            time.sleep(0.05)
+        data = json.loads(access.read_text())
+        self.url, self.token = data["url"], data["token"]
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname, parts.port
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                headers: dict | None = None, auth: bool = True) -> WebAnswer:
+        import http.client
+
+        given = dict(headers or {})
+        if auth:
+            given.setdefault("Authorization", f"Bearer {self.token}")
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=given)
+            r = conn.getresponse()
+            return WebAnswer(r.status, r.headers, r.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw) -> WebAnswer:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, form: dict, **kw) -> WebAnswer:
+        from urllib.parse import urlencode
+
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **kw.pop("headers", {})}
+        return self.request("POST", path, body=urlencode(form).encode(), headers=headers, **kw)
+
+    def csrf(self) -> str:
+        import re
+
+        return re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">',
+                         self.get("/").text).group(1)
+
+
+@pytest.fixture
+def web(start_daemon) -> WebClient:
+    """A daemon on a new database serving its web view on a free loopback port."""
+    return WebClient(start_daemon("--http", "127.0.0.1:0"))

@@ -172,6 +172,8 @@ def page(fn: PageFn) -> Callable[[web.Request], Awaitable[web.Response]]:
         ctx = view.ctx()
         try:
             p = await fn(request, view, ctx)
+        except web.HTTPException:  # a redirect, say: aiohttp answers it
+            raise
         except OrchError as exc:
             p = pages.error_page(http_status(exc), str(exc))
         except Exception:  # noqa: BLE001 -- one page's bug must not reach the daemon

@@ -66,13 +66,14 @@ def layout(page: Page, ctx: Ctx) -> HTML:
     refresh = h(' data-refresh="{}"', page.refresh_ms) if page.refresh_ms else EMPTY
     return h('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
              '<meta name="viewport" content="width=device-width, initial-scale=1">'
-             '<title>{0} · orch</title><link rel="stylesheet" href="/static/app.css">'
+             '<meta name="csrf-token" content="{7}"><title>{0} · orch</title>'
+             '<link rel="stylesheet" href="/static/app.css">'
              '<script src="/static/app.js" defer></script></head>'
              '<body><header><a class="brand" href="/">orch</a><nav>{1}</nav>'
              '<span id="live-state" class="live-state" title="live updates"></span></header>'
              '<main>{2}<div id="live"{3}>{4}</div></main>'
              '<footer><span>{5}</span><span>acting as {6}</span></footer></body></html>\n',
-             page.title, nav, page.head, refresh, page.live, ctx.db, ctx.user)
+             page.title, nav, page.head, refresh, page.live, ctx.db, ctx.user, ctx.csrf)
 
 
 def error_page(status: int, message: str) -> Page:
