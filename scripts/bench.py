@@ -5,6 +5,7 @@
     python scripts/bench.py                    # everything, defaults below
     python scripts/bench.py --quick            # tiny sizes: checks that it runs
     python scripts/bench.py --only cycle --items 5000 --rounds 5
+    python scripts/bench.py --only cycle --systems daemon --web-load --workers 4 --sync full
 
 Sections:
   cycle     N items submitted, then W consumers loop claim -> ack until the queue is
@@ -14,7 +15,9 @@ Sections:
             and the next claim in one). Every system, interleaved, over several
             rounds; medians with min-max and the ratio to the raw limit at the same
             synchronous setting. Each system's journal_mode and synchronous are read
-            back from its own connection and printed.
+            back from its own connection and printed. --web-load adds "orch daemon,
+            web view open": the daemon with --http, and a poller fetching the overview
+            page and its JSON endpoint once a second while the consumers run.
   recovery  20,000 expired leases, one staleRecovery pass (median of 3 fresh files).
   scale     claim latency p50/p99 with 1,000 and with 1,000,000 pending items.
   enqueue   submit_many of 100,000 items (median of 3 fresh files).
@@ -38,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -180,6 +184,69 @@ class OrchDaemonNext(OrchDaemon):
     together = True
 
 
+class OrchDaemonWeb(OrchDaemon):
+    """orch daemon with its web view open (--web-load): a poller asks for the overview
+    page and its JSON endpoint once a second, as a browser tab left on it would."""
+
+    name = "orch daemon, web view open"
+
+    @staticmethod
+    def prepare(d: Path, sync: str, n: int):
+        OrchEmbedded.prepare(d, sync, n)
+        proc = start_daemon(d, sync, web=True)
+        poller = WebPoller(d / "s")
+        poller.start()
+
+        def stop() -> None:
+            poller.stop()
+            stop_daemon(proc)
+        return stop
+
+
+class WebPoller(threading.Thread):
+    """GET / and /api/overview every ``every`` seconds until stopped."""
+
+    def __init__(self, sock: Path, every: float = 1.0):
+        super().__init__(daemon=True)
+        from orchestrator import paths
+
+        access = paths.web_access_file(sock)
+        deadline = time.monotonic() + 20
+        while not access.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon wrote no web access file")
+            time.sleep(0.05)
+        data = json.loads(access.read_text())
+        self.url, self.token, self.every = data["url"], data["token"], every
+        self.halt = threading.Event()
+        self.took: list[float] = []
+        self.failed = 0
+
+    def run(self) -> None:
+        import urllib.request
+
+        while not self.halt.is_set():
+            start = time.monotonic()
+            for path in ("", "api/overview"):
+                req = urllib.request.Request(self.url + path,
+                                             headers={"Authorization": f"Bearer {self.token}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        r.read()
+                except OSError:
+                    self.failed += 1
+            self.took.append(time.monotonic() - start)
+            self.halt.wait(max(0.0, self.every - (time.monotonic() - start)))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(15)
+        ms = sorted(t * 1000 for t in self.took)
+        if ms:
+            print(f"    web view: {len(ms)} polls (page + JSON), p50 {statistics.median(ms):.1f} ms"
+                  f", max {ms[-1]:.1f} ms, {self.failed} failed", flush=True)
+
+
 class PersistQueue:
     """persist-queue SQLiteAckQueue: get() then ack(), as its docs show."""
 
@@ -272,13 +339,16 @@ class Huey:
 SYSTEMS = {"raw": Raw, "embedded": OrchEmbedded, "embedded-next": OrchEmbeddedNext,
            "daemon": OrchDaemon, "daemon-next": OrchDaemonNext,
            "persist-queue": PersistQueue, "litequeue": LiteQueue, "huey": Huey}
+#: Measured only when asked (--web-load).
+WEB_SYSTEMS = {"daemon-web": OrchDaemonWeb}
+SYSTEMS.update(WEB_SYSTEMS)
 
 
-def start_daemon(d: Path, sync: str) -> subprocess.Popen:
+def start_daemon(d: Path, sync: str, web: bool = False) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "--db", str(d / "orch.db"), "--socket",
          str(d / "s"), "daemon", "--synchronous", sync, "--log-file", str(d / "daemon.log"),
-         "--log-level", "WARNING"],
+         "--log-level", "WARNING", *(["--http", "127.0.0.1:0"] if web else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -350,8 +420,9 @@ def measure(key: str, sync: str, workers: int, n: int) -> dict:
 # --- the sections --------------------------------------------------------------------------------
 
 
-def cycle_section(n: int, rounds: int, systems: list[str]) -> list[dict]:
-    matrix = [(key, sync, w) for w in (1, 4) for sync in SYNCS for key in systems]
+def cycle_section(n: int, rounds: int, systems: list[str], workers: tuple[int, ...] = (1, 4),
+                  syncs: tuple[str, ...] = SYNCS) -> list[dict]:
+    matrix = [(key, sync, w) for w in workers for sync in syncs for key in systems]
     runs: dict[tuple, list[dict]] = {m: [] for m in matrix}
     for r in range(rounds):
         for m in matrix:  # interleaved: every system once per round
@@ -553,7 +624,12 @@ def memory_section(cycles: int, clients: int = 4) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default="cycle,recovery,scale,enqueue,memory,work")
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(k for k in SYSTEMS if k not in WEB_SYSTEMS))
+    ap.add_argument("--web-load", action="store_true",
+                    help="also measure the daemon with its web view open and refreshing "
+                         "(system daemon-web: the overview page and its JSON once a second)")
+    ap.add_argument("--workers", default="1,4", help="claim-cycle consumer counts")
+    ap.add_argument("--sync", default=",".join(SYNCS), help="claim-cycle synchronous settings")
     ap.add_argument("--items", type=int, default=3000, help="items per claim-cycle run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--recovery", type=int, default=20_000)
@@ -570,12 +646,16 @@ def main() -> None:
         a.enqueue, a.memory_cycles, a.work_items = 2000, 400, 40
     only = set(a.only.split(","))
     systems = [s for s in a.systems.split(",") if s]
+    if a.web_load and "daemon-web" not in systems:
+        systems.append("daemon-web")
     report: dict = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
                                f"Python {platform.python_version()}",
                     "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
     print(f"# {report['machine']}, {report['date']}\n# {report['command']}", flush=True)
     if "cycle" in only:
-        report["cycle"] = rows = cycle_section(a.items, a.rounds, systems)
+        report["cycle"] = rows = cycle_section(
+            a.items, a.rounds, systems, tuple(int(w) for w in a.workers.split(",")),
+            tuple(a.sync.split(",")))
         print(f"\nclaim cycle: {a.items} items, {a.rounds} rounds, median (min-max) cycles/s")
         print(f"{'system':30s} {'W':>2s} {'journal/sync':12s} {'median':>9s} {'min-max':>17s} "
               f"{'x raw':>6s} {'twice':>5s} {'never':>5s}")

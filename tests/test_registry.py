@@ -94,7 +94,8 @@ def test_nothing_is_served_without_a_record() -> None:
 def test_the_daemon_tables_come_from_the_records() -> None:
     assert api.WAITS == {op.name: op.settled for op in OPS if op.settled is not None}
     assert registry.FEEDS == {"submit_task", "submit_many", "release_task",
-                              "release_and_claim", "stale_recovery", "resolve_task"}
+                              "release_and_claim", "stale_recovery", "resolve_task",
+                              "retry_task"}
     assert registry.WAITED == {"claim_task", "execute_tool_idempotent", "release_and_claim"}
     for op in OPS:
         # whatever may wait takes ``wait``; whatever parks may wait

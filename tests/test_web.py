@@ -348,3 +348,30 @@ def test_metrics_need_the_token(web: WebClient):
     assert r.status in (200, 404), r
     if r.status == 200:
         assert r.headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_requeue_from_the_view_wakes_a_parked_claim(web: WebClient, scene: dict):
+    import json
+
+    waiting = subprocess.Popen(
+        [*orch_cmd(web), "claim", "--worker", "sleeper", "--queue", "alpha", "--wait", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # parked: alpha holds nothing claimable
+        assert waiting.poll() is None
+        r = web.post(f"/items/{scene['dead']}/retry", {"csrf": web.csrf(), "confirm": "yes"})
+        assert r.status == 303
+        out, err = waiting.communicate(timeout=20)
+        assert waiting.returncode == 0, err
+        assert json.loads(out)["id"] == scene["dead"]
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+
+
+def orch_cmd(web: WebClient) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "orchestrator", "--db", str(web.daemon.db), "--socket",
+            str(web.daemon.sock)]
