@@ -445,6 +445,13 @@ def cycle_section(n: int, rounds: int, systems: list[str], workers: tuple[int, .
         base = raw.get((r["sync"], r["workers"]))
         r["ratio"] = r["median"] / base if base else None
         r["ratio_raw_w1"] = r["median"] / raw1[r["sync"]] if raw1.get(r["sync"]) else None
+        if r["key"] == "daemon-web" and ("daemon", r["sync"], r["workers"]) in runs:
+            # Paired by round (the two ran back to back), which cancels much of what
+            # other load on the machine does to both.
+            plain = runs[("daemon", r["sync"], r["workers"])]
+            web = runs[("daemon-web", r["sync"], r["workers"])]
+            r["vs_daemon_by_round"] = [w["cycles_per_s"] / p["cycles_per_s"]
+                                       for w, p in zip(web, plain, strict=True)]
     return rows
 
 
@@ -665,6 +672,12 @@ def main() -> None:
                   f"{r['journal_mode'] + '/' + r['synchronous']:12s} {r['median']:9,.0f} "
                   f"{r['min']:8,.0f}-{r['max']:<8,.0f} {ratio:>6s} {r['twice']:5d} "
                   f"{r['never']:5d}" + (f"  {r['errors'][0][:60]}" if r["errors"] else ""))
+        for r in rows:
+            if r.get("vs_daemon_by_round"):
+                by_round = r["vs_daemon_by_round"]
+                print(f"web view open, {r['sync']} W={r['workers']}: "
+                      f"{statistics.median(by_round):.3f} of the daemon alone (median of the "
+                      f"rounds' ratios: {', '.join(f'{x:.2f}' for x in by_round)})")
     if "recovery" in only:
         report["recovery"] = r = recovery_section(a.recovery)
         print(f"\nrecovery: {r['expired_leases']:,} expired leases in one pass: {r['ms']:.0f} ms "

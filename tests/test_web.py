@@ -170,6 +170,11 @@ def test_the_token_in_the_url_becomes_a_cookie_and_leaves_the_url(web: WebClient
     assert ok.status == 200
     # a second daemon's view on another port keeps its own cookie
     assert web.get("/", headers={"Cookie": f"orch_web_1={value}"}, auth=False).status == 401
+    # a script keeps no cookie: JSON and metrics answer ?token= at once
+    r = web.get(f"/api/overview?token={web.token}", auth=False)
+    assert r.status == 200 and "Set-Cookie" not in r.headers and "counts" in r.json
+    assert web.get(f"/metrics?token={web.token}", auth=False).status in (200, 404)
+    assert r.headers["Server"] == "orch"
 
 
 @pytest.mark.parametrize("host,status", [

@@ -3,9 +3,10 @@
 Every request needs the access token: in the query string once (it is swapped for a
 cookie, and the browser sent on to the same URL without it, so the token leaves the
 address bar and the history), then the cookie, or ``Authorization: Bearer TOKEN`` for
-scripts. The Host header must name this view (an IP address, ``localhost`` or the name
-given to ``--http``, with its port), so a page whose DNS name was rebound to 127.0.0.1
-is refused. A request that changes something is a POST carrying the CSRF token of the
+scripts (which may also give ``?token=`` to a JSON endpoint or ``/metrics``). The Host
+header must name this view (an IP address, ``localhost`` or the name given to
+``--http``, with its port), so a page whose DNS name was rebound to 127.0.0.1 is
+refused. A request that changes something is a POST carrying the CSRF token of the
 page it came from, and, when the browser says where it came from (``Origin``,
 ``Sec-Fetch-Site``), from this view itself.
 """
@@ -128,6 +129,12 @@ class Guard:
         return response
 
 
+def for_programs(path: str) -> bool:
+    """JSON and metrics: a script or a scraper given ``?token=`` is answered at once (it
+    keeps no cookie to come back with)."""
+    return path.startswith("/api/") or path == "/metrics"
+
+
 def _derive(secret: bytes, purpose: str) -> str:
     return hmac.new(secret, purpose.encode(), hashlib.sha256).hexdigest()
 
@@ -140,8 +147,9 @@ def middleware(guard: Guard) -> Middleware:
                                 "name this web view (use the URL that orch web prints)\n")
         given = request.query.get("token") if request.method in ("GET", "HEAD") else None
         if given is not None and guard.is_token(given):
-            return guard.log_in(request)
-        if given is not None or not guard.authenticated(request):
+            if not for_programs(request.path):
+                return guard.log_in(request)
+        elif given is not None or not guard.authenticated(request):
             return web.Response(status=401, text=NEEDS_TOKEN,
                                 headers={"WWW-Authenticate": 'Bearer realm="orch"'})
         if request.method not in ("GET", "HEAD"):
@@ -159,3 +167,4 @@ def middleware(guard: Guard) -> Middleware:
 
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(HEADERS)
+    response.headers["Server"] = "orch"  # not aiohttp's and Python's versions
