@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 SHUTDOWN_TIMEOUT_S = 3.0
 MAX_POST_BYTES = 64 * 1024
 EVENTS_PAGE = 100  # events the events page opens with
+#: An overview at most this old is handed out again: however many tabs are open on it
+#: (and scripts polling its JSON), the items are counted at most once a second.
+OVERVIEW_FRESH_S = 1.0
 EVENTS_POLL_LIMIT = 1000  # events one poll of the JSON endpoint may return
 STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
 ACTIONS = {"cancel": "cancel_task", "retry": "retry_task", "resolve": "resolve_task"}
@@ -58,6 +62,7 @@ class WebView:
         self.access_file = paths.web_access_file(daemon.sock)
         self.user = acting_user()
         self.activity = Activity()
+        self.fresh: tuple[float, dict[str, Any]] | None = None  # (monotonic, overview)
         self.runner: web.AppRunner | None = None
 
     @property
@@ -99,11 +104,14 @@ class WebView:
         """The overview, its hour of activity kept here and brought up to date with only
         the events written since the last look."""
         async with self.activity.lock:
+            if self.fresh is not None and time.monotonic() - self.fresh[0] < OVERVIEW_FRESH_S:
+                return self.fresh[1]
             ov = await self.run("overview", since=self.activity.last_seq)
             if ov["last_seq"] < self.activity.last_seq:  # not the log counted so far
                 self.activity.clear()
                 ov = await self.run("overview", since=0)
             ov["activity"] = self.activity.add(ov["activity"], ov["last_seq"])
+            self.fresh = (time.monotonic(), ov)
             return ov
 
 
