@@ -43,10 +43,7 @@ def check(store: Store, db: Path | None = None) -> dict:
 
 def _global_until(tx: Tx, store: Store) -> int | None:
     """On PostgreSQL: the last event copied from a SQLite file (orch copy), if any."""
-    if store.chain != "item":
-        return None
-    row = tx.one("meta", {"key": "chain_global_until"})
-    return int(row["value"]) if row else None
+    return tx.global_chain_until() if store.chain == "item" else None  # type: ignore[attr-defined]
 
 
 def damaged(exc: Corrupt, db: Path | str) -> Corrupt:

@@ -270,6 +270,12 @@ class PgTx:
     def new_item_ids(self, n: int) -> list[int]:
         return [r["id"] for r in self.all("new_item_ids", {"n": n})]
 
+    def global_chain_until(self) -> int | None:
+        """The last event copied from a SQLite file (orch copy): up to it, the events
+        keep the chain over the whole log they were written with."""
+        row = self.one("meta", {"key": "chain_global_until"})
+        return int(row["value"]) if row else None
+
 
 class PostgresStore(Store):
     """orch on a PostgreSQL database (a ``postgresql://`` URL).
