@@ -135,17 +135,21 @@ class PgTx:
         self._savepoints = 0
         self.schema_version = SCHEMA_VERSION
         if write:
-            self._begin("BEGIN")
-            row = self._exec(QUERIES["begin_write"], {})[0]
+            # One round trip: BEGIN and the transaction's lock and clock together.
+            row = self._exec("BEGIN; " + QUERIES["begin_write"], None)[0]
+            self.begun = True
             self._now = row["now"] if store.clock is None else store.clock()
 
     def _begin(self, statement: str) -> None:
         self.conn.execute(statement)
         self.begun = True
 
-    def _exec(self, sql: str, params: Params) -> list[dict[str, Any]]:
+    def _exec(self, sql: str, params: Params | None) -> list[dict[str, Any]]:
         try:
             cur = self.conn.execute(sql, params)
+            if params is None:  # several statements in one round trip: the last answers
+                while cur.nextset():
+                    pass
             return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as exc:
             if _retryable(exc):
@@ -388,12 +392,10 @@ class PostgresStore(Store):
                     if not conn.closed:
                         conn.execute("ROLLBACK")
                     raise
-                if tx.notify:
-                    conn.execute(QUERIES["notify_claimable"])
             except psycopg.Error as exc:
                 raise self._map(exc) from exc
             try:
-                conn.execute("COMMIT")
+                conn.execute(QUERIES["notify_claimable"] + "; COMMIT" if tx.notify else "COMMIT")
                 self.commit_count += 1
             except psycopg.Error as exc:
                 if _retryable(exc):
