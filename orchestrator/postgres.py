@@ -119,6 +119,16 @@ def _conninfo(url: str) -> str:
     return psycopg.conninfo.make_conninfo(url, **extra)
 
 
+def schema_tables(url: str) -> list[str]:
+    """The tables, views and sequences already in the schema ``url`` works in; looked at
+    without creating anything (orch copy fills only an empty schema)."""
+    try:
+        with psycopg.connect(_conninfo(url), autocommit=True, row_factory=dict_row) as conn:
+            return [r["name"] for r in conn.execute(QUERIES["schema_tables"]).fetchall()]
+    except psycopg.Error as exc:
+        raise unavailable(exc, masked(url)) from exc
+
+
 class PgTx:
     """One transaction on PostgreSQL, with the methods of ``store.Tx``."""
 

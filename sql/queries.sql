@@ -171,3 +171,20 @@ PRAGMA data_version;
 -- name: ancestor
 -- A goal's or tool execution's ancestor, read to check its claim (PostgreSQL locks it).
 SELECT * FROM items WHERE id = :id;
+
+-- The reads of orch copy, which moves this file into a PostgreSQL database: in pages,
+-- all inside one read transaction, so the copy is the file as of one moment.
+
+-- name: items_after
+SELECT * FROM items WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY worker_id;
+
+-- name: count_items_events
+-- What orch copy compares between the file and the database it filled.
+SELECT (SELECT count(*) FROM items) AS items,
+       (SELECT count(*) FROM event_log) AS events,
+       (SELECT count(*) FROM workers) AS workers,
+       (SELECT coalesce(max(fence), 0) FROM items) AS max_fence,
+       (SELECT coalesce(max(seq), 0) FROM event_log) AS last_seq;
