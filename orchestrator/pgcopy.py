@@ -47,7 +47,7 @@ def copy(source: Path, url: str, *, busy_budget_s: float = defaults.BUSY_BUDGET_
                            "empty database or schema, and changed nothing")
         dst = PostgresStore(url, create=True, busy_budget_s=busy_budget_s)
         try:
-            copied = src.read(lambda stx: dst.write(lambda ptx: _copy(stx, ptx)))
+            copied = src.read(lambda file_tx: dst.write(lambda pg_tx: _copy(file_tx, pg_tx)))
             there = dst.read(lambda tx: tx.one("count_items_events"))
             report = doctor.check(dst)
         finally:
@@ -61,37 +61,37 @@ def copy(source: Path, url: str, *, busy_budget_s: float = defaults.BUSY_BUDGET_
             "same": same, "doctor": report, "ok": same and report["ok"]}
 
 
-def _copy(src: Tx, dst: PgTx) -> dict[str, int]:
+def _copy(file_tx: Tx, pg_tx: PgTx) -> dict[str, int]:
     """The copy, inside the file's read transaction and the database's write transaction."""
-    dst.run("lock_for_copy")
-    held = dst.one("count_items_events")
+    pg_tx.run("lock_for_copy")
+    held = pg_tx.one("count_items_events")
     assert held is not None
     if held["items"] or held["events"]:
-        raise Conflict(f"{dst.store.path} already holds {held['items']} item(s) and "
+        raise Conflict(f"{pg_tx.store.path} already holds {held['items']} item(s) and "
                        f"{held['events']} event(s); orch copy fills only an empty database "
                        "or schema, and changed nothing")
-    counts = src.one("count_items_events")
+    counts = file_tx.one("count_items_events")
     assert counts is not None
-    dst.run_many("copy_worker", src.all("all_workers"))
+    pg_tx.run_many("copy_worker", file_tx.all("all_workers"))
 
     last_id = 0
-    while page := src.all("items_after", {"after": last_id, "limit": PAGE}):
-        dst.run_many("copy_item", page)
+    while page := file_tx.all("items_after", {"after": last_id, "limit": PAGE}):
+        pg_tx.run_many("copy_item", page)
         last_id = page[-1]["id"]
         if any(row["status"] == Status.PENDING for row in page):
-            dst.notify = True  # claimable now: wake claims parked on any machine
+            pg_tx.notify = True  # claimable now: wake claims parked on any machine
 
     last_seq = 0
     latest: dict[int, int] = {}  # item -> its latest event so far
-    while page := src.all("events_since", {"since": last_seq, "limit": PAGE}):
-        dst.run_many("copy_event", [_linked(e, latest) for e in page])
+    while page := file_tx.all("events_since", {"since": last_seq, "limit": PAGE}):
+        pg_tx.run_many("copy_event", [_linked(e, latest) for e in page])
         last_seq = page[-1]["seq"]
 
     if last_seq:
-        dst.run("set_meta", {"key": "chain_global_until", "value": str(last_seq)})
-        dst.run("set_event_seq", {"seq": last_seq})
+        pg_tx.run("set_meta", {"key": "chain_global_until", "value": str(last_seq)})
+        pg_tx.run("set_event_seq", {"seq": last_seq})
     if last_id:
-        dst.run("set_item_seq", {"id": last_id})
+        pg_tx.run("set_item_seq", {"id": last_id})
     return {k: counts[k] for k in COUNTS}
 
 
