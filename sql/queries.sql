@@ -172,10 +172,9 @@ PRAGMA data_version;
 -- A goal's or tool execution's ancestor, read to check its claim (PostgreSQL locks it).
 SELECT * FROM items WHERE id = :id;
 
--- The reads of orch copy, which moves this file into a PostgreSQL database: in pages,
--- all inside one read transaction, so the copy is the file as of one moment.
-
 -- name: items_after
+-- This query and the next two are orch copy's, which moves this file into a PostgreSQL
+-- database: read in pages, all inside one read transaction (the file as of one moment).
 SELECT * FROM items WHERE id > :after ORDER BY id LIMIT :limit;
 
 -- name: all_workers

@@ -157,10 +157,6 @@ def test_every_query_named_in_the_code_exists():
     assert {"copy_event", "items_after"} <= used
 
 
-def test_every_sqlite_query_has_a_postgresql_twin():
-    assert set(QUERIES) <= set(PG_QUERIES), sorted(set(QUERIES) - set(PG_QUERIES))
-
-
 def test_every_query_compiles_against_the_schema(db_path):
     Orchestrator(db_path).close()
     conn = sqlite_connection(db_path)

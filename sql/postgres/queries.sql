@@ -209,9 +209,9 @@ WHERE status = 'pending' AND kind = %(kind)s AND queue = %(queue)s AND run_after
 -- Moves whenever anyone appends an event: the daemon's safety net under LISTEN/NOTIFY.
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS v FROM orch_event_seq;
 
--- The transaction-level queries of orchestrator/postgres.py.
-
 -- name: begin_write
+-- This query and the ones after it, up to notify_claimable, are the transaction-level
+-- queries of orchestrator/postgres.py.
 -- Every write transaction holds this shared lock until it ends; a follower reads the
 -- writers holding it to know when every event numbered so far has committed or
 -- rolled back. Shared: writers never wait for one another on it.
@@ -270,10 +270,9 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: notify_claimable
 SELECT pg_notify('orch_claimable', '');
 
--- orch copy (orchestrator/pgcopy.py): a SQLite file's items, workers and events written
--- into an empty schema, as they are, in one transaction.
-
 -- name: items_after
+-- This query and the ones after it are orch copy's (orchestrator/pgcopy.py): a SQLite
+-- file's items, workers and events written into an empty schema, in one transaction.
 SELECT * FROM items WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
 
 -- name: all_workers
