@@ -28,6 +28,7 @@ from .errors import (
     LeaseLost,
     NotDelivered,
     OrchError,
+    Unavailable,
     exit_code,
 )
 from .interface import Operations
@@ -537,7 +538,16 @@ def events(item_id, since, follow) -> int:
     as_json = settings().json
     since = since or 0
     while True:
-        batch = backend.list_events(item_id, since)
+        try:
+            batch = backend.list_events(item_id, since)
+        except Unavailable as exc:
+            if not follow:
+                raise
+            # A read is safe to repeat: following outlives a server restart or a
+            # dropped link, and says so once per failure.
+            click.echo(f"orch: warning: {exc}; trying again", err=True)
+            time.sleep(1.0)
+            continue
         if not follow and as_json:
             emit_json(batch)
             return 0
