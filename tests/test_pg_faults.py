@@ -338,6 +338,7 @@ def test_a_request_in_flight_when_the_connection_is_cut_exits_7_and_the_daemon_g
     assert orch_process("doctor", db=url).returncode == 0  # type: ignore[arg-type]
     assert d.stop() == 0
     assert_quiet_about(SECRET, d.stderr_text(), d.log_text())
+    assert_quiet_about(claim["token"], d.stderr_text(), d.log_text())
 
 
 def test_a_parked_claim_still_wakes_after_the_listener_was_cut(pg_schemas, start_daemon):
