@@ -28,6 +28,7 @@ from .errors import (
     LeaseLost,
     NotDelivered,
     OrchError,
+    Unavailable,
     exit_code,
 )
 from .interface import Operations
@@ -47,7 +48,7 @@ from .validate import (
 
 class Settings:
     def __init__(self) -> None:
-        self.db: Path | None = None
+        self.db: paths.Database | None = None
         self.socket: Path | None = None
         self.json = False
         self._backend: _DaemonOrFile | None = None
@@ -133,9 +134,8 @@ def common(fn: Callable) -> Callable:
     fn = click.option("--socket", type=click.Path(dir_okay=False), expose_value=False,
                       callback=_set("socket", Path),
                       help="Daemon socket [env ORCH_SOCKET].")(fn)
-    fn = click.option("--db", type=click.Path(dir_okay=False), expose_value=False,
-                      callback=_set("db", Path),
-                      help="Database file [env ORCH_DB].")(fn)
+    fn = click.option("--db", type=str, expose_value=False, callback=_set("db", paths.db_arg),
+                      help="Database file, or a postgresql:// URL [env ORCH_DB].")(fn)
     return fn
 
 
@@ -244,7 +244,7 @@ def init() -> int:
     s = settings()
     with Orchestrator(s.db, busy_budget_s=_busy_budget(), init=True) as orch:
         st = orch.status()
-        info = {"db": str(orch.db_path), "schema_version": st["schema_version"]}
+        info = {"db": paths.shown(orch.db_path), "schema_version": st["schema_version"]}
     out(info, fmt.init_text)
     return 0
 
@@ -561,7 +561,16 @@ def events(item_id, since, follow) -> int:
     as_json = settings().json
     since = since or 0
     while True:
-        batch = backend.list_events(item_id, since)
+        try:
+            batch = backend.list_events(item_id, since)
+        except Unavailable as exc:
+            if not follow:
+                raise
+            # A read is safe to repeat: following outlives a server restart or a
+            # dropped link, and says so once per failure.
+            click.echo(f"orch: warning: {exc}; trying again", err=True)
+            time.sleep(1.0)
+            continue
         if not follow and as_json:
             emit_json(batch)
             return 0
@@ -617,6 +626,36 @@ def backup(dest) -> int:
         orch.backup(dest)
     out({"backup": str(dest)}, f"backup written: {dest}")
     return 0
+
+
+@command(cli, "copy")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="The PostgreSQL database to fill, as a postgresql:// URL; its schema "
+                   "must be empty, or orch's without items or events.")
+def copy_(target) -> int:
+    """Copy the SQLite database (--db) into an empty PostgreSQL database, then check the
+    copy with doctor there; exit 1 if the check or the counts disagree.
+
+    Items, workers and events keep their ids, fences, numbers and hashes. The file is
+    read in one transaction, so a daemon serving it may keep running: the copy is the
+    file as of that moment. A database holding any item or event is refused (exit 6).
+
+    \b
+    Example:
+      orch copy --to postgresql://orch@db-host/orch
+    """
+    from .pgcopy import copy
+    from .store import is_url
+
+    source = settings().db or paths.default_db()
+    if is_url(source):
+        raise click.UsageError(f"orch copy reads a SQLite file, but --db (or ORCH_DB) is "
+                               f"{paths.shown(source)}; give the file with --db PATH")
+    if not is_url(target):
+        raise click.UsageError("--to: expected a postgresql:// URL")
+    report = copy(Path(source), target, busy_budget_s=_busy_budget())
+    out(report, fmt.copy_text)
+    return 0 if report["ok"] else 1
 
 
 # --- agent records ------------------------------------------------------------------------
@@ -755,8 +794,9 @@ def work(queues, concurrency, ttl, max_items, worker_id, grace, kill_after, retr
     from . import work as worker
 
     s = settings()
-    env = {name: str(Path(value).expanduser().resolve()) for name, value in
-           (("ORCH_DB", s.db), ("ORCH_SOCKET", s.socket)) if value is not None}
+    env = {name: value if isinstance(value, str) else str(Path(value).expanduser().resolve())
+           for name, value in (("ORCH_DB", s.db), ("ORCH_SOCKET", s.socket))
+           if value is not None}
     opts = worker.options(list(command_), worker_id=worker_id, queues=list(queues),
                           concurrency=concurrency, ttl_s=ttl, max_items=max_items,
                           grace_s=grace, kill_after_s=kill_after, retry_in_s=retry_in, env=env)

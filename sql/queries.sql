@@ -157,6 +157,10 @@ VALUES (:seq, :at, :item_id, :type, :worker_id, :fence, :detail, :prev_hash, :ha
 -- name: link_event
 UPDATE items SET last_event = :seq WHERE id = :item_id;
 
+-- name: log_head
+-- The last event's number (on PostgreSQL, the event horizon: see events_since there).
+SELECT coalesce(max(seq), 0) AS seq FROM event_log;
+
 -- name: event_at_or_after
 SELECT seq, at FROM event_log WHERE seq >= :seq ORDER BY seq LIMIT 1;
 
@@ -206,3 +210,23 @@ WHERE status = 'pending' AND kind = +:kind AND queue = +:queue AND run_after > +
 
 -- name: data_version
 PRAGMA data_version;
+
+-- name: ancestor
+-- A goal's or tool execution's ancestor, read to check its claim (PostgreSQL locks it).
+SELECT * FROM items WHERE id = :id;
+
+-- name: items_after
+-- This query and the next two are orch copy's, which moves this file into a PostgreSQL
+-- database: read in pages, all inside one read transaction (the file as of one moment).
+SELECT * FROM items WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY worker_id;
+
+-- name: count_items_events
+-- What orch copy compares between the file and the database it filled.
+SELECT (SELECT count(*) FROM items) AS items,
+       (SELECT count(*) FROM event_log) AS events,
+       (SELECT count(*) FROM workers) AS workers,
+       (SELECT coalesce(max(fence), 0) FROM items) AS max_fence,
+       (SELECT coalesce(max(seq), 0) FROM event_log) AS last_seq;

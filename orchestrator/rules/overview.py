@@ -23,6 +23,9 @@ MAX_LEASES = 1000
 
 
 def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
+    # First: on PostgreSQL the log's head is its horizon, read before the snapshot.
+    head = tx.one("log_head")
+    last_seq = head["seq"] if head else 0
     counts = dict.fromkeys(STATUSES, 0)
     queues: dict[str, dict[str, int]] = {}
     children: dict[str, dict[str, int]] = {k: dict.fromkeys(STATUSES, 0) for k in PARENT_KIND}
@@ -35,8 +38,6 @@ def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
     for r in tx.all("running_leases", {"limit": MAX_LEASES}):
         workers.setdefault(r["worker_id"], []).append(
             {**r, "cancel_requested": bool(r["cancel_requested"])})
-    head = tx.one("last_event")
-    last_seq = head["seq"] if head else 0
     return {"now": now, "counts": counts, "queues": dict(sorted(queues.items())),
             "children": children,
             "workers": [{"worker_id": w, "leases": leases} for w, leases in workers.items()],

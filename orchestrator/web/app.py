@@ -61,6 +61,7 @@ class WebView:
         self.guard = guard.Guard(host, self.port)
         self.access_file = paths.web_access_file(daemon.sock)
         self.user = acting_user()
+        self.shown_db = paths.shown(daemon.db)
         self.activity = Activity()
         self.fresh: tuple[float, dict[str, Any]] | None = None  # (monotonic, overview)
         self.runner: web.AppRunner | None = None
@@ -90,7 +91,8 @@ class WebView:
         self.sock.close()
 
     def ctx(self) -> Ctx:
-        return Ctx(clock.now_ms(), self.guard.csrf, str(self.daemon.db), self.user)
+        # A PostgreSQL URL is shown with its password masked.
+        return Ctx(clock.now_ms(), self.guard.csrf, self.shown_db, self.user)
 
     async def run(self, op: str, **params: Any) -> Any:
         """One operation, as the socket would run it: checked, then on a reader thread
