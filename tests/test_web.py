@@ -37,6 +37,10 @@ def user() -> str:
 
 @pytest.fixture
 def scene(web: WebClient) -> dict:
+    return make_scene(web)
+
+
+def make_scene(web: WebClient) -> dict:
     """One of everything, values holding markup where a value can, every token kept."""
     with web.daemon.client() as c:
         held = c.submit_task({"note": XSS}, queue="alpha", key=f'k"><b>{XSS}')
@@ -384,3 +388,26 @@ def orch_cmd(web: WebClient) -> list[str]:
 
     return [sys.executable, "-m", "orchestrator", "--db", str(web.daemon.db), "--socket",
             str(web.daemon.sock)]
+
+
+def test_the_view_on_postgresql(start_daemon, pg_schemas):
+    """The same pages and answers from a daemon on PostgreSQL: the view only runs
+    operations, so it needs nothing of either backend."""
+    web = WebClient(start_daemon("--http", "127.0.0.1:0", db=pg_schemas.url()))
+    scene = make_scene(web)
+    for path in [*pages_of(scene), *apis_of(scene)]:
+        r = web.get(path)
+        assert r.status == 200, (path, r)
+        assert XSS not in r.text or path.startswith("/api/"), path
+        for token in [web.token, *scene["tokens"]]:
+            assert token not in r.text
+    ov = web.get("/api/overview").json
+    assert ov["counts"]["dead"] == 1 and ov["counts"]["unknown"] == 1
+    assert sum(b["claims"] for b in ov["activity"]["buckets"]) == 6
+    r = web.post(f"/items/{scene['dead']}/retry", {"csrf": web.csrf(), "confirm": "yes"})
+    assert r.status == 303
+    item = web.get(f"/api/items/{scene['dead']}").json
+    assert item["item"]["status"] == "pending"
+    assert (item["events"][-1]["type"], item["events"][-1]["detail"]["by"]) == \
+        ("requeued", user())
+    assert "postgresql://" in web.get("/").text  # the database, its password masked

@@ -24,7 +24,7 @@ MAX_LEASES = 1000
 
 def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
     # First: on PostgreSQL the log's head is its horizon, read before the snapshot.
-    head = tx.one("log_head")
+    head = tx.one("log_head", {})
     last_seq = head["seq"] if head else 0
     counts = dict.fromkeys(STATUSES, 0)
     queues: dict[str, dict[str, int]] = {}
