@@ -161,10 +161,12 @@ class Operations(abc.ABC):
         """The session, its goals and their tool executions, with their events."""
         return self._call("replay_session", {"session_id": session_id})
 
-    def overview(self, since: int | None = None) -> dict[str, Any]:
+    def overview(self, since: int | None = None,
+                 counts: bool | None = None) -> dict[str, Any]:
         """Items by queue and status, each worker's leases, and the last hour's claims,
         releases and failures per minute (only events after ``since``, a previous
-        answer's ``last_seq``, are counted)."""
+        answer's ``last_seq``, are counted). ``counts=False`` skips counting the items
+        (a pass over all of them): ``counts``, ``queues`` and ``children`` are None."""
         return self._call("overview", _given(locals()))
 
     def explain_task(self, item_id: int) -> dict[str, Any]:

@@ -258,7 +258,7 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in (
         Spec({"session_id": (item_id, REQUIRED)}), cli="replay"),
     Operation(
         "overview", "overview", "rules.overview:overview", False,
-        Spec({"since": (integer(0), 0)}), cli=None,
+        Spec({"since": (integer(0), 0), "counts": (boolean, True)}), cli=None,
         no_cli="the web view's overview page shows it (orch web); at a terminal, orch "
                "status and orch ls tell the same"),
     Operation(

@@ -6,7 +6,8 @@ they are counted by kind and status instead, not as queues.
 
 The hour's activity is read from the event log. A caller that polls passes ``since``,
 the ``last_seq`` of its previous answer, and gets only the events after it, so a page
-left open costs what the log grew by, not the hour's length of it.
+left open costs what the log grew by, not the hour's length of it. Counting the items
+is a pass over all of them: a caller that polls asks for it less often (``counts``).
 """
 
 from __future__ import annotations
@@ -21,27 +22,35 @@ BUCKET_MS = 60_000
 BUCKETS = 60  # one hour, the current minute last
 MAX_LEASES = 1000
 
+Counts = dict[str, int]
 
-def overview(tx: Tx, now: int, *, since: int) -> dict[str, Any]:
+
+def overview(tx: Tx, now: int, *, since: int, counts: bool = True) -> dict[str, Any]:
     # First: on PostgreSQL the log's head is its horizon, read before the snapshot.
     head = tx.one("log_head", {})
     last_seq = head["seq"] if head else 0
-    counts = dict.fromkeys(STATUSES, 0)
-    queues: dict[str, dict[str, int]] = {}
-    children: dict[str, dict[str, int]] = {k: dict.fromkeys(STATUSES, 0) for k in PARENT_KIND}
-    for r in tx.all("count_by_kind_queue_status"):
-        by_status = children[r["kind"]] if r["kind"] in PARENT_KIND else \
-            queues.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))
-        by_status[r["status"]] += r["n"]
-        counts[r["status"]] += r["n"]
+    by_status, queues, children = count(tx) if counts else (None, None, None)
     workers: dict[str, list[dict[str, Any]]] = {}
     for r in tx.all("running_leases", {"limit": MAX_LEASES}):
         workers.setdefault(r["worker_id"], []).append(
             {**r, "cancel_requested": bool(r["cancel_requested"])})
-    return {"now": now, "counts": counts, "queues": dict(sorted(queues.items())),
-            "children": children,
+    return {"now": now, "counts": by_status, "queues": queues, "children": children,
             "workers": [{"worker_id": w, "leases": leases} for w, leases in workers.items()],
             "last_seq": last_seq, "activity": activity(tx, now, since, last_seq)}
+
+
+def count(tx: Tx) -> tuple[Counts, dict[str, Counts], dict[str, Counts]]:
+    """Items by status; by queue and status; goals and tool executions by status. One
+    pass over every item: what the overview costs most."""
+    totals = dict.fromkeys(STATUSES, 0)
+    queues: dict[str, Counts] = {}
+    children: dict[str, Counts] = {k: dict.fromkeys(STATUSES, 0) for k in PARENT_KIND}
+    for r in tx.all("count_by_kind_queue_status"):
+        by_status = children[r["kind"]] if r["kind"] in PARENT_KIND else \
+            queues.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))
+        by_status[r["status"]] += r["n"]
+        totals[r["status"]] += r["n"]
+    return totals, dict(sorted(queues.items())), children
 
 
 def activity(tx: Tx, now: int, since: int, last_seq: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from .parts import (
     lease_left,
     muted_dash,
     node_link,
+    seconds,
     table,
     url,
     when,
@@ -143,12 +144,19 @@ def overview_live(ov: dict[str, Any], ctx: Ctx) -> HTML:
     workers = table(["worker", "holds", "queue", "fence", "lease left", "last heartbeat", ""],
                     worker_rows, cls="workers", empty="no live leases")
     return h('<section class="alerts">{}</section><section class="cards">{}</section>'
-             '<section><h2>Queues</h2>{}</section>'
+             '<section><h2>Queues <small>{}</small></h2>{}</section>'
              '<section><h2>Last hour <small>failures: failed releases and lost leases'
              '</small></h2><div class="charts">{}</div></section>'
              '<section><h2>Workers and their leases <small>{} held by {} worker(s)</small>'
              '</h2>{}</section>',
-             join(alerts), cards, queues, charts, len(leases), len(ov["workers"]), workers)
+             join(alerts), cards, _counted(ov), queues, charts, len(leases), len(ov["workers"]),
+             workers)
+
+
+def _counted(ov: dict[str, Any]) -> str:
+    # Items are counted less often than the rest is read when there are many of them.
+    age = ov["now"] - ov.get("counted_at", ov["now"])
+    return "counted just now" if age < 1500 else f"counted {seconds(age)} ago"
 
 
 # --- items ------------------------------------------------------------------------------

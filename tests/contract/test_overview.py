@@ -47,3 +47,12 @@ def test_counts_leases_and_the_last_hour(api):
     later = api.overview(since=ov["last_seq"])
     assert totals(later["activity"]) == {"claims": 0, "releases": 1, "failures": 1}
     assert later["last_seq"] > ov["last_seq"]
+
+
+def test_counting_the_items_can_be_left_out(api):
+    api.submit_task(queue="a")
+    c = api.claim_task("w1", "a")
+    ov = api.overview(counts=False)
+    assert (ov["counts"], ov["queues"], ov["children"]) == (None, None, None)
+    assert [x["id"] for w in ov["workers"] for x in w["leases"]] == [c["id"]]
+    assert totals(ov["activity"])["claims"] == 1
