@@ -246,7 +246,9 @@ def actions(it: dict[str, Any], ctx: Ctx) -> HTML:
         forms.append(_form(iid, "resolve", "Resolve",
                            f"Resolve item {iid} with the outcome chosen? Be sure what its "
                            "holder did first.", ctx,
-                           extra=h('<select name="outcome" aria-label="outcome">{}</select>',
+                           extra=h('<select name="outcome" aria-label="outcome" required>'
+                                   '<option value="" selected disabled>outcome…</option>{}'
+                                   '</select>',
                                    join(h("<option>{}</option>", r) for r in RESOLUTIONS))))
     if not forms:
         return EMPTY
@@ -295,6 +297,8 @@ def item_live(it: dict[str, Any], events: list[dict[str, Any]], why: dict[str, A
             cell = item_link(v)
         elif f == "max_attempts" and v == 0:
             cell = h("0 (no limit)")
+        elif isinstance(v, bool):
+            cell = h("{}", "yes" if v else "no")
         else:
             cell = muted_dash(v)
         rows.append(h("<tr><th>{}</th><td>{}</td></tr>", f, cell))
