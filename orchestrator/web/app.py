@@ -30,7 +30,8 @@ from .pages import Ctx, Page
 if TYPE_CHECKING:
     from ..daemon.server import Daemon
 
-#: The view's own log in stays short: a stuck browser must not hold the daemon's stop.
+#: How long the daemon's stop waits for the view's requests in flight: a browser that
+#: stalls must not hold it up.
 SHUTDOWN_TIMEOUT_S = 3.0
 MAX_POST_BYTES = 64 * 1024
 EVENTS_PAGE = 100  # events the events page opens with
