@@ -67,17 +67,19 @@ ids = st.one_of(st.integers(), st.text(max_size=6), any_text, st.none(), st.floa
 
 
 WRITE_METHODS = ["submitTask", "submitMany", "claimTask", "heartbeat", "releaseTask",
-                 "releaseAndClaim", "staleRecovery", "cancelTask", "checkpoint", "resolveTask", "startSession",
-                 "resumeSession", "createGoal", "executeToolIdempotent"]
+                 "releaseAndClaim", "staleRecovery", "cancelTask", "checkpoint", "resolveTask",
+                 "retryTask", "startSession", "resumeSession", "createGoal",
+                 "executeToolIdempotent"]
 
 
 READ_METHODS = ["getTask", "listTasks", "listEvents", "status", "verify", "ping",
-                "replaySession", "explainTask"]
+                "replaySession", "explainTask", "overview"]
 
 
 PARAM_NAMES = ["item_id", "token", "worker_id", "queues", "queue", "ttl", "payload", "key",
                "outcome", "result", "error", "data", "limit", "since", "status", "kind",
-               "session_id", "goal_id", "tool", "input", "wait", "dry_run", "items"]
+               "session_id", "goal_id", "tool", "input", "wait", "dry_run", "items", "by",
+               "counts"]
 assert set(WRITE_METHODS) | set(READ_METHODS) == set(protocol.METHODS)
 
 
