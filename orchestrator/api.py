@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from . import clock, defaults, doctor, paths, rules, validate
+from .errors import InvalidInput
 from .interface import Operations
 from .operations import OPERATIONS
 from .registry import BY_NAME
-from .store import SQLiteStore
+from .store import open_store
 
 #: Operations that can wait, and when their result is final.
 WAITS: dict[str, Callable[[Any], bool]] = {
@@ -27,19 +28,22 @@ class Orchestrator(Operations):
 
     def __init__(self, db: str | Path | None = None, *, synchronous: str = "full",
                  busy_budget_s: float = defaults.BUSY_BUDGET_S, create: bool = True,
-                 init: bool = False):
-        """Open ``db`` (default: the per-user file). A missing file is created unless
-        ``create`` is False (NotFound then); a file without orch's schema, an empty one
-        included, raises NotFound unless ``init`` is set."""
-        self.db_path = Path(db) if db is not None else paths.default_db()
+                 init: bool = False, **store_options: Any):
+        """Open ``db`` (default: the per-user file; a ``postgresql://`` URL selects
+        PostgreSQL). A missing file is created unless ``create`` is False (NotFound
+        then); a file or database without orch's schema, an empty one included, raises
+        NotFound unless ``init`` is set (on PostgreSQL, ``create`` makes the schema)."""
+        self.db_path = paths.db_arg(db) if db is not None else paths.default_db()
         self.synchronous = synchronous
-        self.store = SQLiteStore(self.db_path, synchronous=synchronous,
-                                 busy_budget_s=busy_budget_s, create=create, init=init)
+        self.store_options = store_options
+        self.store = open_store(self.db_path, synchronous=synchronous,
+                                busy_budget_s=busy_budget_s, create=create, init=init,
+                                **store_options)
 
     def _call(self, op: str, params: dict[str, Any]) -> Any:
         kwargs = validate.check(op, params)
         if op == "ping":
-            return {"pong": True, "now": clock.now_ms(), "db": str(self.db_path.resolve()),
+            return {"pong": True, "now": clock.now_ms(), "db": paths.shown(self.db_path),
                     "pid": os.getpid(), "mode": "embedded"}
         if op in WAITS and kwargs["wait"]:
             return self._polling(op, kwargs, WAITS[op])
@@ -54,7 +58,7 @@ class Orchestrator(Operations):
         """Run a checked operation in its own transaction."""
         fn, writes = OPERATIONS[op]
         execute = self.store.write if writes else self.store.read
-        return execute(lambda tx: fn(tx, clock.now_ms(), **kwargs))
+        return execute(lambda tx: fn(tx, tx.now(), **kwargs))
 
     def _polling(self, op: str, kwargs: dict[str, Any], settled: Callable[[Any], bool]) -> Any:
         # Embedded mode has no one to wake it: poll, backing off up to 1 s.
@@ -70,16 +74,21 @@ class Orchestrator(Operations):
 
     def clone(self) -> Orchestrator:
         return Orchestrator(self.db_path, synchronous=self.synchronous,
-                            busy_budget_s=self.store.busy_budget_s, create=False)
+                            busy_budget_s=self.store.busy_budget_s, create=False,
+                            **self.store_options)
 
     def doctor(self) -> dict:
         """Check the file: integrity, the event chain, that replay equals the rows, the
         lease rules, and that a daemon serving the file holds its locks and the WAL that
         is on disk; a damaged file raises ``Corrupt``."""
-        return doctor.check(self.store, self.db_path)
+        return doctor.check(self.store, self.db_path if isinstance(self.db_path, Path) else None)
 
     def backup(self, dest: str | Path) -> None:
-        """A consistent copy of the database at ``dest``, taken while writers go on."""
+        """A consistent copy of the database at ``dest``, taken while writers go on
+        (SQLite; PostgreSQL is backed up with pg_dump)."""
+        if not isinstance(self.db_path, Path):
+            raise InvalidInput("orch backup copies a SQLite file; back up a PostgreSQL "
+                               "database with pg_dump", data={"field": "db"})
         self.store.backup(Path(dest))
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ from .validate import (
 
 class Settings:
     def __init__(self) -> None:
-        self.db: Path | None = None
+        self.db: paths.Database | None = None
         self.socket: Path | None = None
         self.json = False
         self._backend: _DaemonOrFile | None = None
@@ -133,9 +133,8 @@ def common(fn: Callable) -> Callable:
     fn = click.option("--socket", type=click.Path(dir_okay=False), expose_value=False,
                       callback=_set("socket", Path),
                       help="Daemon socket [env ORCH_SOCKET].")(fn)
-    fn = click.option("--db", type=click.Path(dir_okay=False), expose_value=False,
-                      callback=_set("db", Path),
-                      help="Database file [env ORCH_DB].")(fn)
+    fn = click.option("--db", type=str, expose_value=False, callback=_set("db", paths.db_arg),
+                      help="Database file, or a postgresql:// URL [env ORCH_DB].")(fn)
     return fn
 
 
@@ -244,7 +243,7 @@ def init() -> int:
     s = settings()
     with Orchestrator(s.db, busy_budget_s=_busy_budget(), init=True) as orch:
         st = orch.status()
-        info = {"db": str(orch.db_path), "schema_version": st["schema_version"]}
+        info = {"db": paths.shown(orch.db_path), "schema_version": st["schema_version"]}
     out(info, fmt.init_text)
     return 0
 
@@ -732,8 +731,9 @@ def work(queues, concurrency, ttl, max_items, worker_id, grace, kill_after, retr
     from . import work as worker
 
     s = settings()
-    env = {name: str(Path(value).expanduser().resolve()) for name, value in
-           (("ORCH_DB", s.db), ("ORCH_SOCKET", s.socket)) if value is not None}
+    env = {name: value if isinstance(value, str) else str(Path(value).expanduser().resolve())
+           for name, value in (("ORCH_DB", s.db), ("ORCH_SOCKET", s.socket))
+           if value is not None}
     opts = worker.options(list(command_), worker_id=worker_id, queues=list(queues),
                           concurrency=concurrency, ttl_s=ttl, max_items=max_items,
                           grace_s=grace, kill_after_s=kill_after, retry_in_s=retry_in, env=env)

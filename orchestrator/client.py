@@ -39,7 +39,7 @@ class Client(Operations):
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._next_id = 0
-        self.db: Path | None = None  # the daemon's file, once connect() has asked
+        self.db: paths.Database | None = None  # the daemon's, once connect() has asked
 
     # -- connection --
 
@@ -183,7 +183,7 @@ class _Lost(Exception):
     pass
 
 
-def connect(db: Path | None, socket_path: Path | None) -> Client | None:
+def connect(db: paths.Database | None, socket_path: Path | None) -> Client | None:
     """The daemon's client if it answers and serves ``db`` (when one was asked for).
 
     The client's ``db`` is the file that daemon serves.
@@ -197,10 +197,12 @@ def connect(db: Path | None, socket_path: Path | None) -> Client | None:
     except (Unavailable, OSError):
         client.close()
         return None
-    wanted = db or (Path(os.environ["ORCH_DB"]) if os.environ.get("ORCH_DB") else None)
-    if wanted is not None and Path(info.get("db", "")) != Path(wanted).expanduser().resolve():
-        client.close()  # that daemon serves another file: open ours directly
+    wanted = db or (paths.db_arg(os.environ["ORCH_DB"]) if os.environ.get("ORCH_DB") else None)
+    if wanted is not None and info.get("db", "") != paths.shown(wanted):
+        client.close()  # that daemon serves another database: open ours directly
         return None
     client.timeout = defaults.CLIENT_TIMEOUT_S
-    client.db = Path(info["db"])
+    # Falling back, the CLI opens what the daemon served: the URL as given (the
+    # daemon shows it with its password masked).
+    client.db = wanted if wanted is not None else paths.db_arg(info["db"])
     return client

@@ -34,13 +34,19 @@ def check(store: Store, db: Path | None = None) -> dict:
             raise Corrupt(f"database {store.path} is damaged: integrity_check reports "
                           f"{len(damage)} problem(s), the first: {damage[0]}")
         problems = livestate.problems(db) if db is not None else []
-        counts = store.read(lambda tx: _check_log(tx, problems))
+        counts = store.read(lambda tx: _check_log(tx, problems, store.chain,
+                                                  _global_until(tx, store)))
     except Corrupt as exc:
         raise damaged(exc, store.path) from exc
     return {"ok": not problems, "problems": problems, **counts}
 
 
-def damaged(exc: Corrupt, db: Path) -> Corrupt:
+def _global_until(tx: Tx, store: Store) -> int | None:
+    """On PostgreSQL: the last event copied from a SQLite file (orch copy), if any."""
+    return tx.global_chain_until() if store.chain == "item" else None  # type: ignore[attr-defined]
+
+
+def damaged(exc: Corrupt, db: Path | str) -> Corrupt:
     """Doctor's report of a damaged file: what SQLite said, and the way to recover."""
     what = str(exc) if exc.__cause__ is None else \
         f"database {db} is damaged or not a database ({exc.__cause__})"
@@ -49,9 +55,19 @@ def damaged(exc: Corrupt, db: Path) -> Corrupt:
                    "sqlite3 NEW.db, then run orch --db NEW.db doctor")
 
 
-def _check_log(tx: Tx, problems: list[str]) -> dict:
+def _check_log(tx: Tx, problems: list[str], chain: str = "log",
+               global_until: int | None = None) -> dict:
+    """The log against itself (links, numbers, hashes) and the rows against the log.
+
+    ``chain``: "log" (SQLite), one chain over the whole log, numbered without gaps;
+    "item" (PostgreSQL), one chain per item, numbers from a sequence, which skips the
+    numbers of rolled-back transactions. Events up to ``global_until`` (copied from a
+    SQLite file) keep their chain over the log.
+    """
     prev, expected_seq, events = ev.GENESIS, 1, []
     latest: dict[int, int] = {}  # item -> its latest event so far
+    heads: dict[int | None, str] = {}  # item -> its latest event's hash (chain "item")
+    until = global_until if chain == "item" else None
     for e in tx.events("all_events"):
         if e["item_id"] is not None:
             before = latest.get(e["item_id"], 0)
@@ -59,7 +75,10 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
                 problems.append(f"event {e['seq']}: links to event {e['item_prev']} as item "
                                 f"{e['item_id']}'s previous, which is {before}")
             latest[e["item_id"]] = e["seq"]
-        if e["seq"] != expected_seq:
+        per_item = chain == "item" and (until is None or e["seq"] > until)
+        if per_item:
+            prev = heads.get(e["item_id"], ev.GENESIS)
+        elif e["seq"] != expected_seq:
             problems.append(f"event log: expected event {expected_seq}, found {e['seq']}")
         if e["prev_hash"] != prev or e["hash"] != ev.chain_hash(
                 prev, e["seq"], e["at"], e["item_id"], e["type"], e["worker_id"],
@@ -68,6 +87,7 @@ def _check_log(tx: Tx, problems: list[str]) -> dict:
         if e["type"] == EventType.CLAIMED and e["fence"] != e["seq"]:
             problems.append(f"event {e['seq']}: a claim's fence must be its sequence number, "
                             f"found {e['fence']}")
+        heads[e["item_id"]] = e["hash"]
         prev, expected_seq = e["hash"], e["seq"] + 1
         events.append(e)
     replayed = ev.replay(events)

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .model import JSON_COLUMNS, EventRow
+from .store import GENESIS
 from .validate import dump_json
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS"]
 
 #: Every item field an event can set, and so every field replay checks.
 STATE_FIELDS = (
@@ -61,10 +62,7 @@ def chain_hash(prev_hash: str, seq: int, at: int, item_id: int | None, type_: st
 
 def next_seq(tx) -> int:
     """The sequence number the next event appended in this transaction will get."""
-    if tx.last_hash is None:
-        head = tx.one("last_event")
-        tx.last_seq, tx.last_hash = (head["seq"], head["hash"]) if head else (0, GENESIS)
-    return tx.last_seq + 1
+    return tx.next_seq()
 
 
 def chained(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
@@ -73,12 +71,12 @@ def chained(tx, at: int, item_id: int | None, type_: str, worker_id: str | None,
 
     ``detail`` is a dict, or its compact JSON text already made.
     """
-    seq = next_seq(tx)
+    seq, prev = tx.link(item_id)  # the store's chain: over the log, or over the item
     text = detail if isinstance(detail, str) else dump_json(detail)
-    h = chain_hash(tx.last_hash, seq, at, item_id, type_, worker_id, fence, text)
+    h = chain_hash(prev, seq, at, item_id, type_, worker_id, fence, text)
     row = {"seq": seq, "at": at, "item_id": item_id, "type": type_, "worker_id": worker_id,
-           "fence": fence, "detail": text, "prev_hash": tx.last_hash, "hash": h}
-    tx.last_seq, tx.last_hash = seq, h
+           "fence": fence, "detail": text, "prev_hash": prev, "hash": h}
+    tx.linked(item_id, seq, h)
     return row
 
 

@@ -13,9 +13,31 @@ def home() -> Path:
     return Path(os.environ.get("OPENCLAW_HOME") or Path.home() / ".openclaw").expanduser()
 
 
-def default_db() -> Path:
+#: A database: a SQLite file's path, or a ``postgresql://`` URL (kept as text: a Path
+#: would fold its ``//``).
+Database = Path | str
+
+
+def db_arg(value: str | Path) -> Database:
+    """``--db`` or ORCH_DB as orch uses it: a URL as given, anything else a path."""
+    text = str(value)
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    return Path(text).expanduser()
+
+
+def default_db() -> Database:
     env = os.environ.get("ORCH_DB")
-    return Path(env).expanduser() if env else home() / "data" / "orchestrator.db"
+    return db_arg(env) if env else home() / "data" / "orchestrator.db"
+
+
+def shown(db: Database) -> str:
+    """The database as orch prints it: a URL's password masked, a path resolved."""
+    if isinstance(db, str):
+        from .postgres import masked
+
+        return masked(db)
+    return str(db.resolve())
 
 
 def default_socket() -> Path:

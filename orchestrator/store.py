@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 import apsw
 import tenacity
 
-from . import defaults, paths
+from . import clock, defaults, paths
 from .errors import Corrupt, NotFound, OrchError, SchemaTooNew, Unavailable
 from .model import EventRow, ExpiredRow, ItemRow
 
@@ -57,6 +57,7 @@ MIGRATIONS: list[tuple[int, str, str]] = sorted(
     for p in (SQL_DIR / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql")
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+GENESIS = "0" * 64  # what the first event chains over
 
 
 _COLUMNS: dict[str, tuple[str, ...]] = {}
@@ -86,6 +87,7 @@ class Tx:
     """One transaction's access to the named queries."""
 
     __slots__ = ("conn", "last_hash", "last_seq")
+    schema_version = SCHEMA_VERSION
 
     def __init__(self, conn: apsw.Connection):
         self.conn = conn
@@ -137,6 +139,34 @@ class Tx:
     def run_many(self, name: str, seq_of_params: Iterable[Params]) -> None:
         self.conn.executemany(QUERIES[name], seq_of_params)
 
+    def now(self) -> int:
+        """Epoch ms, for this transaction's decisions: this machine's clock."""
+        return clock.now_ms()
+
+    # The event chain (see events.py): one chain over the whole log, numbered 1, 2, ...
+
+    def next_seq(self) -> int:
+        """The number the next event appended in this transaction gets."""
+        if self.last_hash is None:
+            head = self.one("last_event")
+            self.last_seq, self.last_hash = (head["seq"], head["hash"]) if head \
+                else (0, GENESIS)
+        return self.last_seq + 1
+
+    def link(self, item_id: int | None) -> tuple[int, str]:
+        """The next event's number and the hash it chains over."""
+        seq = self.next_seq()
+        assert self.last_hash is not None
+        return seq, self.last_hash
+
+    def linked(self, item_id: int | None, seq: int, hash_: str) -> None:
+        self.last_seq, self.last_hash = seq, hash_
+
+    def new_item_ids(self, n: int) -> list[int]:
+        """Ids for ``n`` new items: what SQLite would pick, since items are never deleted."""
+        first = (self.scalar("max_item_id") or 0) + 1
+        return list(range(first, first + n))
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Nested transaction: an exception rolls back only what ran inside it."""
@@ -151,14 +181,32 @@ class Tx:
 class Store(abc.ABC):
     """A transactional home for items, workers, fences and the event log."""
 
-    path: Path  # where it lives, as errors name it
+    path: Path | str  # where it lives, as errors name it (a URL: its password masked)
+    kind: str  # "sqlite" or "postgresql"
+    #: "log": each event chains over the log's previous event; "item": over its item's.
+    chain: str
+    #: Errors that mean "another writer is in the way": the transaction is tried again.
+    BUSY: tuple[type[BaseException], ...]
+    busy_budget_s: float
 
     @abc.abstractmethod
-    def write(self, fn: Callable[[Tx], T]) -> T:
+    def transaction(self) -> Any:
+        """A context manager: one write transaction (a ``Tx``), committed at its end."""
+
+    @abc.abstractmethod
+    def retry(self, fn: Callable[[], T]) -> T:
+        """``fn`` (one whole attempt), tried again while BUSY, up to the busy budget."""
+
+    @abc.abstractmethod
+    def db_error(self, exc: BaseException) -> OrchError | None:
+        """A database error raised inside an operation, as orch reports it (else None)."""
+
+    @abc.abstractmethod
+    def write(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
         """Run ``fn`` in one write transaction, retried whole while the database is busy."""
 
     @abc.abstractmethod
-    def read(self, fn: Callable[[Tx], T]) -> T:
+    def read(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` against one consistent snapshot."""
 
     @abc.abstractmethod
@@ -333,6 +381,11 @@ def retry_busy(fn: Callable[[], T], budget_s: float) -> T:
 class SQLiteStore(Store):
     """The SQLite backend: one APSW connection, used from one thread."""
 
+    kind = "sqlite"
+    chain = "log"
+    path: Path
+    BUSY: tuple[type[BaseException], ...] = (apsw.BusyError,)
+
     def __init__(self, path: Path, *, synchronous: str = "full",
                  busy_budget_s: float = DEFAULT_BUSY_BUDGET_S, create: bool = True,
                  init: bool = False):
@@ -419,6 +472,12 @@ class SQLiteStore(Store):
         except apsw.Error as exc:
             raise Unavailable(f"database error: {exc}") from exc
 
+    def retry(self, fn: Callable[[], T]) -> T:
+        return retry_busy(fn, self.busy_budget_s)
+
+    def db_error(self, exc: BaseException) -> OrchError | None:
+        return Unavailable(f"database error: {exc}") if isinstance(exc, apsw.Error) else None
+
     def backup(self, dest: Path) -> None:
         dest = Path(dest)
         paths.create_private_file(dest)
@@ -445,3 +504,25 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self.conn.close()
+
+
+def is_url(db: object) -> bool:
+    """Whether ``db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(db: Path | str, **options: Any) -> Store:
+    """The store ``db`` names: a ``postgresql://`` URL, or a SQLite file's path.
+
+    Options a backend does not take are dropped (``synchronous`` is SQLite's, ``pool``
+    and ``clock`` PostgreSQL's).
+    """
+    if is_url(db):
+        assert isinstance(db, str)
+        from .postgres import PostgresStore  # psycopg: loaded only for PostgreSQL
+
+        options.pop("synchronous", None)
+        return PostgresStore(db, **options)
+    for option in ("pool", "clock"):
+        options.pop(option, None)
+    return SQLiteStore(Path(db), **options)

@@ -167,3 +167,7 @@ WHERE status = 'pending' AND kind = +:kind AND queue = +:queue AND run_after > +
 
 -- name: data_version
 PRAGMA data_version;
+
+-- name: ancestor
+-- A goal's or tool execution's ancestor, read to check its claim (PostgreSQL locks it).
+SELECT * FROM items WHERE id = :id;

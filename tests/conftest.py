@@ -103,14 +103,118 @@ class SQLiteBackend:
         return commits
 
 
-# A second backend (PostgreSQL) adds its entry here: name -> factory(tmp_path).
-BACKENDS = {"sqlite": lambda tmp_path: SQLiteBackend(tmp_path / "data")}
+#: The PostgreSQL server the tests use. Where ORCH_TEST_PG is set (CI sets it), a server
+#: that does not answer fails the tests; where it is not, they skip with the reason.
+PG_URL = os.environ.get("ORCH_TEST_PG", "postgresql://postgres@127.0.0.1/test")
+_pg_down: list[str] = []
+
+
+def pg_server() -> str:
+    """The test server's URL, or skip (fail, under ORCH_TEST_PG) when it does not answer."""
+    if not _pg_down:
+        try:
+            import psycopg
+
+            psycopg.connect(PG_URL, connect_timeout=3).close()
+            _pg_down.append("")
+        except Exception as exc:  # noqa: BLE001 -- any failure to connect means "no server"
+            _pg_down.append(f"no PostgreSQL server at {PG_URL} ({str(exc).strip()}); "
+                            "set ORCH_TEST_PG to a server's URL to run these tests")
+    if _pg_down[0]:
+        if os.environ.get("ORCH_TEST_PG"):
+            pytest.fail(_pg_down[0])
+        pytest.skip(_pg_down[0])
+    return PG_URL
+
+
+class PgSchemas:
+    """Schemas made for one test, each its own empty orch database; dropped at the end."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def url(self, name: str | None = None) -> str:
+        """A URL whose search_path is a new schema (``name``, or a fresh one)."""
+        import secrets
+
+        import psycopg
+
+        base = pg_server()
+        schema = name or f"t_{secrets.token_hex(6)}"
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.made.append(schema)
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+    def drop(self) -> None:
+        if not self.made:
+            return
+        import psycopg
+
+        with psycopg.connect(pg_server(), autocommit=True) as conn:
+            for schema in self.made:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schemas():
+    """New, empty PostgreSQL schemas for this test (``pg_schemas.url()``), dropped after."""
+    schemas = PgSchemas()
+    yield schemas
+    schemas.drop()
+
+
+class PostgresBackend:
+    """The PostgreSQL store: a schema of its own on the test server per store, opened by
+    ``orchestrator.Orchestrator`` with the tests' clock (freezegun moves it) instead of
+    the server's."""
+
+    name = "postgresql"
+
+    def __init__(self, schemas: PgSchemas):
+        self.schemas = schemas
+        self.urls: dict[str, str] = {}
+        self.path = self.url("orchestrator")
+
+    def url(self, name: str) -> str:
+        if name not in self.urls:
+            self.urls[name] = self.schemas.url()
+        return self.urls[name]
+
+    def open(self, name: str = "orchestrator") -> Orchestrator:
+        return Orchestrator(self.url(name), clock=now_ms)
+
+    def snapshot(self) -> dict:
+        import psycopg
+
+        with psycopg.connect(self.path) as conn:
+            return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                    for t in ("items", "workers", "event_log")}
+
+    def commits(self, api: Orchestrator) -> _Counted:
+        return _Counted(api.store)
+
+
+class _Counted:
+    """Grows by one at each commit of ``store`` from now on."""
+
+    def __init__(self, store) -> None:
+        self.store, self.start = store, store.commit_count
+
+    def __len__(self) -> int:
+        return self.store.commit_count - self.start
+
+
+BACKENDS = {"sqlite": lambda tmp_path, _request: SQLiteBackend(tmp_path / "data"),
+            "postgresql": lambda _tmp_path, request: PostgresBackend(
+                request.getfixturevalue("pg_schemas"))}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request, tmp_path: Path):
     """One storage backend, empty: the contract suite's parameter."""
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](tmp_path, request)
 
 
 @pytest.fixture

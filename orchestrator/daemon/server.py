@@ -26,7 +26,7 @@ from ..api import WAITS
 from ..errors import LimitExceeded, OrchError, internal_error
 from ..operations import OPERATIONS
 from ..registry import FEEDS, WAITED
-from ..store import SQLiteStore
+from ..store import SQLiteStore, Store, is_url, open_store
 from . import wire
 from .connection import Connection
 from .logs import Throttled, setup_logging
@@ -51,13 +51,13 @@ class StartupError(OrchError):
 class Daemon:
     """One daemon serving one database file on one socket, until SIGTERM or SIGINT."""
 
-    def __init__(self, db: Path, sock: Path, *, synchronous: str = "full",
+    def __init__(self, db: Path | str, sock: Path, *, synchronous: str = "full",
                  recover_every_s: float = RECOVER_EVERY_S,
                  line_timeout_s: float = LINE_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
                  readers: int = 4, debug: bool = False):
-        self.db = Path(db).resolve()
+        self.db: Path | str = db if is_url(db) else Path(db).resolve()
         self.sock = Path(sock)
         self.synchronous = synchronous
         self.recover_every_s = recover_every_s
@@ -93,7 +93,8 @@ class Daemon:
                           self.log_no_fds]
         self._locks: list[int] = []
         self._local = threading.local()
-        self._readers: list[SQLiteStore] = []
+        self._readers: list[Store] = []
+        self.listener_thread: Any = None
         self._readers_lock = threading.Lock()
 
     # -- start and stop --
@@ -116,7 +117,8 @@ class Daemon:
         if len(os.fsencode(self.sock)) >= 104:
             raise StartupError(f"socket path is too long for a Unix socket: {self.sock}")
         self._lock(self.sock.with_name(self.sock.name + ".lock"), f"socket {self.sock}")
-        self._lock(livestate.daemon_lock_path(self.db), f"database {self.db}")
+        if isinstance(self.db, Path):  # on PostgreSQL, every machine runs its own daemon
+            self._lock(livestate.daemon_lock_path(self.db), f"database {self.db}")
         if self.sock.exists() or self.sock.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -135,13 +137,28 @@ class Daemon:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._claim_socket_path()
-        self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
-        self.writer_store.manual_checkpoints()
+        self.writer_store: Store
+        self.watch: Store
+        if isinstance(self.db, Path):
+            self.writer_store = SQLiteStore(self.db, synchronous=self.synchronous)
+            self.writer_store.manual_checkpoints()
+            self.checkpointer = Checkpointer(SQLiteStore(self.db, synchronous=self.synchronous))
+            self.checkpointer.start()
+            self.watch = SQLiteStore(self.db)  # loop thread: notices other processes' commits
+        else:
+            # One pool for the writer, the readers and the periodic look; a parked
+            # claim is woken by NOTIFY from any machine (the Listener), and the
+            # periodic look is the safety net under it.
+            store = open_store(self.db, pool=self.reader_count + 2)
+            self.writer_store = self.watch = store
+            from ..postgres import Listener
+
+            self.listener_thread = Listener(
+                self.writer_store,  # type: ignore[arg-type]
+                lambda: loop.call_soon_threadsafe(self._woken_from_afar))
+            self.listener_thread.start()
         self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections))
-        self.checkpointer = Checkpointer(SQLiteStore(self.db, synchronous=self.synchronous))
-        self.checkpointer.start()
         self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
-        self.watch = SQLiteStore(self.db)  # loop thread: notices other processes' commits
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await self._recover()
@@ -149,8 +166,8 @@ class Daemon:
         self.loop = loop
         self.listener = self._listen()
         loop.add_reader(self.listener.fileno(), self._accept)
-        logger.bind(db=str(self.db), socket=str(self.sock), pid=os.getpid()).info(
-            "orch daemon serving {} on {}", self.db, self.sock)
+        logger.bind(db=paths.shown(self.db), socket=str(self.sock), pid=os.getpid()).info(
+            "orch daemon serving {} on {}", paths.shown(self.db), self.sock)
         ticker = asyncio.create_task(self._tick())
         sweeper = asyncio.create_task(self._sweep())
         await self.stopping.wait()
@@ -171,14 +188,17 @@ class Daemon:
             else:
                 self.writer.flush()
         self.writer.close()
-        self.checkpointer.stop()
-        self.checkpointer.store.close()
         self.pool.shutdown(wait=True)
-        try:
-            self.writer_store.checkpoint_wal()
-        except apsw.Error as exc:
-            logger.warning("WAL checkpoint at exit failed: {}", exc)
-        for store in [self.writer_store, self.watch, *self._readers]:
+        if self.listener_thread is not None:
+            self.listener_thread.stop()
+        if isinstance(self.writer_store, SQLiteStore):
+            self.checkpointer.stop()
+            self.checkpointer.store.close()
+            try:
+                self.writer_store.checkpoint_wal()
+            except apsw.Error as exc:
+                logger.warning("WAL checkpoint at exit failed: {}", exc)
+        for store in {id(s): s for s in [self.writer_store, self.watch, *self._readers]}.values():
             store.close()
         self.sock.unlink(missing_ok=True)
         logger.bind(commits=self.writer.commits, requests=self.writer.committed_requests).info(
@@ -342,7 +362,13 @@ class Daemon:
 
     # -- running operations --
 
-    def _reader(self) -> SQLiteStore:
+    def _woken_from_afar(self) -> None:
+        if self.waiters.parked:
+            self.waiters.wake_all()
+
+    def _reader(self) -> Store:
+        if not isinstance(self.db, Path):
+            return self.writer_store  # its pool serves every thread
         store = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = SQLiteStore(self.db)
@@ -360,7 +386,7 @@ class Daemon:
         def run() -> tuple[bool, Any]:
             fn, _ = OPERATIONS[op]
             try:
-                return True, self._reader().read(lambda tx: fn(tx, clock.now_ms(), **kwargs))
+                return True, self._reader().read(lambda tx: fn(tx, tx.now(), **kwargs))
             except OrchError as exc:
                 return False, exc
         return await asyncio.get_running_loop().run_in_executor(self.pool, run)
@@ -368,7 +394,7 @@ class Daemon:
     async def call(self, op: str, kwargs: dict,
                    gone: Callable[[], bool] = lambda: False) -> tuple[bool, Any]:
         if op == "ping":
-            return True, {"pong": True, "now": clock.now_ms(), "db": str(self.db),
+            return True, {"pong": True, "now": clock.now_ms(), "db": paths.shown(self.db),
                           "pid": os.getpid(), "mode": "daemon"}
         if op == "claim_task" and kwargs["wait"] and kwargs["item_id"] is None:
             return await self._claim_waiting(kwargs, gone)
@@ -402,9 +428,9 @@ class Daemon:
                 left = deadline - loop.time()
                 if not ok or claim is not None or left <= 0 or self.stopping.is_set():
                     return ok, claim
-                ok, due = await self._read_due(kwargs)
-                if ok and due is not None:
-                    left = min(left, max(0.0, (due - clock.now_ms()) / 1000) + 0.001)
+                ok, due_in = await self._read_due(kwargs)
+                if ok and due_in is not None:
+                    left = min(left, max(0.0, due_in / 1000) + 0.001)
                 try:
                     await asyncio.wait_for(asyncio.shield(waiter.woken), left)
                 except TimeoutError:
@@ -429,8 +455,12 @@ class Daemon:
     async def _read_due(self, kwargs: dict) -> tuple[bool, Any]:
         def run() -> tuple[bool, Any]:
             try:
-                return True, self._reader().read(lambda tx: rules.next_due(
-                    tx, clock.now_ms(), kinds=kwargs["kinds"], queues=kwargs["queues"]))
+                # How long until then, by the store's clock (the server's, on PostgreSQL).
+                def due_in(tx: Any) -> int | None:
+                    now = tx.now()
+                    due = rules.next_due(tx, now, kinds=kwargs["kinds"], queues=kwargs["queues"])
+                    return None if due is None else due - now
+                return True, self._reader().read(due_in)
             except OrchError as exc:
                 return False, exc
         return await asyncio.get_running_loop().run_in_executor(self.pool, run)
@@ -504,7 +534,7 @@ class Daemon:
         return None if req.notification else reply
 
 
-def run(db: Path, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
+def run(db: paths.Database, sock: Path, *, synchronous: str = "full", log_file: Path | None = None,
         log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
         line_timeout_s: float = LINE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED) -> int:

@@ -12,10 +12,9 @@ from typing import Any
 import apsw
 from loguru import logger
 
-from .. import clock
 from ..errors import OrchError, Unavailable, internal_error
 from ..operations import OPERATIONS
-from ..store import CommitAndRaise, Rollback, SQLiteStore, retry_busy
+from ..store import CommitAndRaise, Rollback, SQLiteStore, Store
 
 MAX_GROUP = 512  # requests committed together at most
 
@@ -36,9 +35,12 @@ class GroupCommit:
     timeout is zero, and a group that finds the file locked by another process is
     retried in a thread (with the usual timeout and retries) while the loop goes on
     serving everyone else; later groups queue until it is done.
+
+    On PostgreSQL every group commits in that thread: each statement is a round trip
+    to a server that may be on another machine, which the loop must not wait for.
     """
 
-    def __init__(self, store: SQLiteStore, loop: asyncio.AbstractEventLoop,
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
                  clients: Callable[[], int] = lambda: 0):
         self.store = store
         self.loop = loop
@@ -50,7 +52,9 @@ class GroupCommit:
         self.committed_requests = 0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="orch-writer-wait")
         self.busy_timeout_ms = max(1, int(store.busy_budget_s * 250))
-        store.conn.set_busy_timeout(0)
+        self.inline = isinstance(store, SQLiteStore)
+        if isinstance(store, SQLiteStore):
+            store.conn.set_busy_timeout(0)
 
     def submit(self, op: str, kwargs: dict, done: Done) -> None:
         """Queue a write; ``done((ok, value))`` is called once its group has committed."""
@@ -81,20 +85,25 @@ class GroupCommit:
         group, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
         if self.pending:
             self.loop.call_soon(self.flush)
-        try:
-            outcomes = self._commit(group)
-        except apsw.BusyError:  # another process writes: wait for it off the loop
-            self.offloaded = True
-            fut = self.loop.run_in_executor(self.pool, self._commit_waiting, group)
-            fut.add_done_callback(lambda f: self._waited(group, f))
-            return
-        self._deliver(group, outcomes)
+        if self.inline:
+            try:
+                outcomes = self._commit(group)
+            except self.store.BUSY:
+                pass  # another process writes: wait for it off the loop
+            else:
+                self._deliver(group, outcomes)
+                return
+        self.offloaded = True
+        fut = self.loop.run_in_executor(self.pool, self._commit_waiting, group)
+        fut.add_done_callback(lambda f: self._waited(group, f))
 
     def _commit_waiting(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
         # In the pool: the loop does not touch the connection while self.offloaded.
+        if not isinstance(self.store, SQLiteStore):
+            return self.store.retry(lambda: self._commit(group))
         self.store.conn.set_busy_timeout(self.busy_timeout_ms)
         try:
-            return retry_busy(lambda: self._commit(group), self.store.busy_budget_s)
+            return self.store.retry(lambda: self._commit(group))
         finally:
             self.store.conn.set_busy_timeout(0)
 
@@ -127,14 +136,14 @@ class GroupCommit:
                 fn, _ = OPERATIONS[op]
                 try:
                     outcomes = [(True, self.store.write(
-                        lambda tx: fn(tx, clock.now_ms(), **kwargs), retry=False))]
-                except apsw.BusyError:
+                        lambda tx: fn(tx, tx.now(), **kwargs), retry=False))]
+                except self.store.BUSY:
                     raise
                 except Exception as exc:  # noqa: BLE001 -- mapped, never raised here
-                    outcomes = [_failure(op, exc)]
+                    outcomes = [self._failure(op, exc)]
             else:
                 outcomes = self._commit_group(group)
-        except apsw.BusyError:
+        except self.store.BUSY:
             raise
         except Exception as exc:  # noqa: BLE001 -- keep serving: the next group may pass
             logger.exception("group commit failed")
@@ -152,17 +161,17 @@ class GroupCommit:
                     try:
                         with tx.savepoint():
                             try:
-                                outcome = (True, fn(tx, clock.now_ms(), **kwargs))
+                                outcome = (True, fn(tx, tx.now(), **kwargs))
                             except CommitAndRaise as refusal:  # its writes stand
                                 outcome = (False, refusal.error)
                         outcomes.append(outcome)
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
-                    except apsw.BusyError:
+                    except self.store.BUSY:
                         raise  # the whole group is tried again
                     except Exception as exc:  # noqa: BLE001 -- this request fails alone
-                        outcomes.append(_failure(op, exc))
-        except apsw.BusyError:
+                        outcomes.append(self._failure(op, exc))
+        except self.store.BUSY:
             raise
         except OrchError as exc:
             return [(False, exc)] * len(group)
@@ -170,6 +179,9 @@ class GroupCommit:
             logger.exception("group commit failed")
             return [(False, Unavailable(f"commit failed: {exc}"))] * len(group)
         return outcomes
+
+    def _failure(self, op: str, exc: Exception) -> tuple[bool, OrchError]:
+        return _failure(self.store, op, exc)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -209,12 +221,13 @@ class Checkpointer(threading.Thread):
         self.join()
 
 
-def _failure(op: str, exc: Exception) -> tuple[bool, OrchError]:
+def _failure(store: Store, op: str, exc: Exception) -> tuple[bool, OrchError]:
     """What a request that raised gets back; unexpected errors are logged, never raised."""
     if isinstance(exc, OrchError):
         return False, exc
-    if isinstance(exc, apsw.Error):
+    mapped = store.db_error(exc)
+    if mapped is not None:
         logger.bind(method=op).opt(exception=exc).error("request failed in the database")
-        return False, Unavailable(f"database error: {exc}")
+        return False, mapped
     logger.bind(method=op).opt(exception=exc).error("internal error")
     return False, internal_error(exc)

@@ -67,7 +67,8 @@ def lost_ancestor(tx: Tx, row: ItemRow, now: int) -> tuple[ItemRow, str] | None:
     child = row
     while child["kind"] in PARENT_KIND:
         assert child["parent_id"] is not None, "a goal or tool execution has a parent"
-        parent = get_row(tx, child["parent_id"])
+        parent = tx.item("ancestor", {"id": child["parent_id"]})
+        assert parent is not None, "items are never deleted"
         if parent["status"] != Status.RUNNING:
             return parent, f"the {parent['kind']} is {parent['status']}"
         assert parent["lease_expires_at"] is not None and parent["fence"] is not None \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..model import PARENT_KIND, Event, Item, Status
-from ..store import SCHEMA_VERSION, Tx
+from ..store import Tx
 from ..validate import STATUSES
 from .leases import lost_ancestor
 from .tokens import same_token
@@ -52,7 +52,7 @@ def status(tx: Tx, now: int) -> dict:
                 "lease_expires_at": r["lease_expires_at"]}
                for r in tx.all("expired_leases", {"now": now, "limit": 1000})]
     return {"now": now, "counts": counts, "workers": workers, "expired_leases": expired,
-            "fence": tx.scalar("max_fence") or 0, "schema_version": SCHEMA_VERSION}
+            "fence": tx.scalar("max_fence") or 0, "schema_version": tx.schema_version}
 
 
 def ping(tx: Tx, now: int) -> dict:

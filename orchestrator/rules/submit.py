@@ -74,18 +74,17 @@ def insert_plain(tx: Tx, now: int, batch: list[dict]) -> list[dict]:
     """``submit_task`` for items that need no lookup (no key, no parent), with two
     executemany calls.
 
-    Ids are given explicitly, continuing from the largest: what SQLite would pick,
-    since items are never deleted. Per item this is the hot path of a bulk submit, so
-    the event's detail is formatted directly (``submitted_detail``) and the answers'
+    Ids are given explicitly (``Tx.new_item_ids``). Per item this is the hot path of a
+    bulk submit, so the event's detail is formatted directly (``submitted_detail``) and the answers'
     payloads are parsed back in one call.
     """
     if not batch:
         return []
-    next_id = (tx.scalar("max_item_id") or 0) + 1
+    ids = tx.new_item_ids(len(batch))
     rows, events = [], []
     for i, p in enumerate(batch):
         kind = p["kind"]
-        row = dict(NEW_ITEM, id=next_id + i, kind=kind, queue=p["queue"], payload=p["payload"],
+        row = dict(NEW_ITEM, id=ids[i], kind=kind, queue=p["queue"], payload=p["payload"],
                    priority=p["priority"], run_after=now + p["delay"],
                    max_attempts=(p["max_attempts"] if p["max_attempts"] is not None
                                  else default_max_attempts(kind)),
