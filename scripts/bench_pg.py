@@ -5,8 +5,8 @@ The peers are not orch's dependencies: they live in the benchmark's own venv.
 
     python scripts/bench_pg.py --make-venv                # /tmp/orch-bench-venv
     # which is: python -m venv /tmp/orch-bench-venv, then pip install orch's
-    # dependencies and the bench-pg extra of pyproject.toml (procrastinate pgqueuer
-    # psycopg[binary] asyncpg); orch itself runs from this checkout, not installed.
+    # dependencies (psycopg among them) and the bench-pg extra of pyproject.toml
+    # (procrastinate pgqueuer asyncpg); orch itself runs from this checkout, not installed.
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py                # everything
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --only peers   # procrastinate, pgqueuer
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --only orch    # orch's rows alone
