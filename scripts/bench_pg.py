@@ -25,6 +25,9 @@ figures are:
                delivered but not recorded done would show as delivered > done)
 
 The rows:
+  raw SQL        the floor under a queue that hands out one job at a time: plain
+                 psycopg, claim with FOR UPDATE SKIP LOCKED then ack, two transactions
+                 a cycle ("2 tx") or the ack and the next claim in one ("1 tx").
   procrastinate  W processes, each procrastinate's own worker (run_worker_async,
                  concurrency 1, LISTEN/NOTIFY and polling as it defaults) on an async
                  no-op task.
@@ -243,6 +246,61 @@ def orch_loop(o, worker: str, deadline: float, together: bool) -> tuple[list, fl
     return got, last
 
 
+class Raw:
+    """The floor under any queue that hands out one job at a time: plain psycopg on a
+    two-column table, claim = UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED
+    LIMIT 1) RETURNING, ack = UPDATE, each its own transaction (two commits a cycle,
+    as procrastinate does). No lease, no event, no fence."""
+
+    name = "raw SQL, 2 tx"
+    CLAIM = ("UPDATE jobs SET status = 'doing' WHERE id = (SELECT id FROM jobs WHERE "
+             "status = 'todo' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, n")
+    ACK = "UPDATE jobs SET status = 'done' WHERE id = %s"
+    together = False
+
+    @staticmethod
+    def prepare(url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+        with _admin(url) as c:
+            c.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, n int NOT NULL, "
+                      "status text NOT NULL DEFAULT 'todo')")
+            c.execute("CREATE INDEX jobs_todo ON jobs (id) WHERE status = 'todo'")
+            c.execute("INSERT INTO jobs (n) SELECT generate_series(0, %s - 1)", (n,))
+        return lambda: None
+
+    @classmethod
+    def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
+        import psycopg
+        got: list[int] = []
+        with psycopg.connect(url) as c:
+            deadline = started()
+            last = time.monotonic()
+            with c.transaction():
+                row = c.execute(cls.CLAIM).fetchone()
+            while row is not None:
+                got.append(row[1])
+                last = time.monotonic()
+                going = last < deadline
+                with c.transaction():
+                    c.execute(cls.ACK, (row[0],))
+                    row = c.execute(cls.CLAIM).fetchone() if cls.together and going else None
+                if going and not cls.together:
+                    with c.transaction():
+                        row = c.execute(cls.CLAIM).fetchone()
+        return got, last
+
+    @staticmethod
+    def done(url: str) -> int:
+        return count(url, "SELECT count(*) FROM jobs WHERE status = 'done'")
+
+
+class RawNext(Raw):
+    """As ``Raw``, but each ack and the next claim share a transaction (one commit a
+    cycle, as orch's releaseAndClaim)."""
+
+    name = "raw SQL, 1 tx"
+    together = True
+
+
 class OrchEmbedded:
     name = "orch embedded"
     daemons = 0
@@ -339,11 +397,13 @@ def stop_daemon(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-SYSTEMS: dict[str, Any] = {"procrastinate": Procrastinate, "pgqueuer": PgQueuer,
+SYSTEMS: dict[str, Any] = {"raw": Raw, "raw-next": RawNext,
+                           "procrastinate": Procrastinate, "pgqueuer": PgQueuer,
                            "orch-daemon": OrchDaemon, "orch-2daemons": OrchTwoDaemons,
                            "orch-embedded": OrchEmbedded}
 PEERS = [("procrastinate", 1), ("procrastinate", 4), ("procrastinate", 8),
          ("pgqueuer", 1), ("pgqueuer", 4), ("pgqueuer", 8)]
+RAW = [("raw", 1), ("raw", 4), ("raw-next", 1), ("raw-next", 4), ("raw-next", 8)]
 ORCH = [("orch-daemon", 1), ("orch-daemon", 4), ("orch-2daemons", 8), ("orch-embedded", 4),
         ("orch-daemon", 8)]
 
@@ -354,7 +414,7 @@ ORCH = [("orch-daemon", 1), ("orch-daemon", 4), ("orch-2daemons", 8), ("orch-emb
 def _worker(key: str, url: str, w: int, workers: int, tmp: str, seconds: float,
             together: bool, ready, go, out) -> None:
     system = SYSTEMS[key]
-    if hasattr(system, "together"):
+    if key.startswith("orch"):
         system.together = together
     start = [0.0]
 
@@ -481,7 +541,7 @@ def make_venv(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=("all", "peers", "orch"), default="all")
+    ap.add_argument("--only", choices=("all", "raw", "peers", "orch"), default="all")
     ap.add_argument("--rows", help="instead of --only: SYSTEM:W,... e.g. pgqueuer:4,orch-daemon:1"
                                    f" (systems: {', '.join(SYSTEMS)})")
     ap.add_argument("--pg", default=os.environ.get("ORCH_BENCH_PG", DEFAULT_PG),
@@ -504,7 +564,7 @@ def main() -> None:
     if a.rows:
         rows = [(k, int(w)) for k, _, w in (x.partition(":") for x in a.rows.split(","))]
     else:
-        rows = {"all": PEERS + ORCH, "peers": PEERS, "orch": ORCH}[a.only]
+        rows = {"all": RAW + PEERS + ORCH, "raw": RAW, "peers": PEERS, "orch": ORCH}[a.only]
     report: dict = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
                    f"Python {platform.python_version()}",
