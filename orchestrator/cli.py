@@ -28,6 +28,7 @@ from .errors import (
     LeaseLost,
     NotDelivered,
     OrchError,
+    Unavailable,
     exit_code,
 )
 from .interface import Operations
@@ -537,7 +538,16 @@ def events(item_id, since, follow) -> int:
     as_json = settings().json
     since = since or 0
     while True:
-        batch = backend.list_events(item_id, since)
+        try:
+            batch = backend.list_events(item_id, since)
+        except Unavailable as exc:
+            if not follow:
+                raise
+            # A read is safe to repeat: following outlives a server restart or a
+            # dropped link, and says so once per failure.
+            click.echo(f"orch: warning: {exc}; trying again", err=True)
+            time.sleep(1.0)
+            continue
         if not follow and as_json:
             emit_json(batch)
             return 0
@@ -593,6 +603,36 @@ def backup(dest) -> int:
         orch.backup(dest)
     out({"backup": str(dest)}, f"backup written: {dest}")
     return 0
+
+
+@command(cli, "copy")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="The PostgreSQL database to fill, as a postgresql:// URL; its schema "
+                   "must be empty, or orch's without items or events.")
+def copy_(target) -> int:
+    """Copy the SQLite database (--db) into an empty PostgreSQL database, then check the
+    copy with doctor there; exit 1 if the check or the counts disagree.
+
+    Items, workers and events keep their ids, fences, numbers and hashes. The file is
+    read in one transaction, so a daemon serving it may keep running: the copy is the
+    file as of that moment. A database holding any item or event is refused (exit 6).
+
+    \b
+    Example:
+      orch copy --to postgresql://orch@db-host/orch
+    """
+    from .pgcopy import copy
+    from .store import is_url
+
+    source = settings().db or paths.default_db()
+    if is_url(source):
+        raise click.UsageError(f"orch copy reads a SQLite file, but --db (or ORCH_DB) is "
+                               f"{paths.shown(source)}; give the file with --db PATH")
+    if not is_url(target):
+        raise click.UsageError("--to: expected a postgresql:// URL")
+    report = copy(Path(source), target, busy_budget_s=_busy_budget())
+    out(report, fmt.copy_text)
+    return 0 if report["ok"] else 1
 
 
 # --- agent records ------------------------------------------------------------------------

@@ -170,6 +170,20 @@ def doctor_text(r: dict) -> str:
     return "\n".join([head] + [f"  {p}" for p in r["problems"]])
 
 
+def copy_text(r: dict) -> str:
+    c, t = r["copied"], r["target"]
+    lines = [f"copied {r['from']} to {r['to']}: {c['items']} items, {c['events']} events, "
+             f"{c['workers']} workers (fences up to {c['max_fence']}, events up to "
+             f"{c['last_seq']})"]
+    if r["same"]:
+        lines.append("read back: the same counts, highest fence and last event")
+    else:
+        lines.append("read back: the copy differs: " + ", ".join(
+            f"{k} {c[k]} in the file, {t[k]} in the database" for k in c if c[k] != t[k]))
+    lines.append("doctor: " + doctor_text(r["doctor"]))
+    return "\n".join(lines)
+
+
 def tree(node: dict, depth: int = 0) -> list[str]:
     """A session, its goals and their tool executions, each with its events (replay)."""
     pad = "  " * depth

@@ -62,7 +62,9 @@ CHANNEL = "orch_claimable"
 
 # Connection settings orch applies unless the URL gives its own: a link that stalls
 # (a partition: packets held, no reset) fails the request in about 10 s instead of
-# hanging, and a transaction left open by a vanished client ends on the server.
+# hanging. And on the server: a transaction whose client went quiet mid-way (orch's
+# never wait for a person) ends after 5 s, releasing its row locks and the followers'
+# lock; a lock wait longer than 5 s fails the request (exit 7) instead of hanging.
 _CONNECT_DEFAULTS = {
     "connect_timeout": "10",
     "keepalives": "1",
@@ -72,8 +74,10 @@ _CONNECT_DEFAULTS = {
     "tcp_user_timeout": "10000",
     "application_name": "orch",
 }
-_SESSION = ("SET idle_in_transaction_session_timeout = '30s'; "
-            "SET lock_timeout = '5s'")
+_SERVER_DEFAULTS = {
+    "idle_in_transaction_session_timeout": "5s",
+    "lock_timeout": "5s",
+}
 
 
 def masked(url: str) -> str:
@@ -115,8 +119,21 @@ def unavailable(exc: BaseException, where: str) -> OrchError:
 
 def _conninfo(url: str) -> str:
     params = psycopg.conninfo.conninfo_to_dict(url)
-    extra = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
+    extra: dict[str, Any] = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
+    # Server settings go first in ``options``: a -c of the URL's own comes later and wins.
+    ours = " ".join(f"-c {k}={v}" for k, v in _SERVER_DEFAULTS.items())
+    extra["options"] = f"{ours} {params['options']}" if params.get("options") else ours
     return psycopg.conninfo.make_conninfo(url, **extra)
+
+
+def schema_tables(url: str) -> list[str]:
+    """The tables, views and sequences already in the schema ``url`` works in; looked at
+    without creating anything (orch copy fills only an empty schema)."""
+    try:
+        with psycopg.connect(_conninfo(url), autocommit=True, row_factory=dict_row) as conn:
+            return [r["name"] for r in conn.execute(QUERIES["schema_tables"]).fetchall()]
+    except psycopg.Error as exc:
+        raise unavailable(exc, masked(url)) from exc
 
 
 class PgTx:
@@ -335,7 +352,6 @@ class PostgresStore(Store):
     def _configure(conn: Any) -> None:
         conn.autocommit = True
         conn.row_factory = dict_row
-        conn.execute(_SESSION)
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -524,7 +540,7 @@ class Listener(threading.Thread):
             conn.execute(f"LISTEN {CHANNEL}")
             self.wake()  # what was notified while no one listened
             while not self.stopped.is_set():
-                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                for _ in conn.notifies(timeout=0.25, stop_after=1):
                     self.wake()
         finally:
             conn.close()

@@ -47,7 +47,12 @@ def load_queries(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise RuntimeError(f"query {name!r} is defined twice")
-        queries[name] = body.strip()
+        # A comment after a query introduces what follows, not the query: dropped, so a
+        # query's text can be joined with another statement.
+        lines = body.strip().splitlines()
+        while lines and lines[-1].lstrip().startswith("--"):
+            lines.pop()
+        queries[name] = "\n".join(lines).strip()
     return queries
 
 

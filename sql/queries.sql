@@ -171,3 +171,19 @@ PRAGMA data_version;
 -- name: ancestor
 -- A goal's or tool execution's ancestor, read to check its claim (PostgreSQL locks it).
 SELECT * FROM items WHERE id = :id;
+
+-- name: items_after
+-- This query and the next two are orch copy's, which moves this file into a PostgreSQL
+-- database: read in pages, all inside one read transaction (the file as of one moment).
+SELECT * FROM items WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY worker_id;
+
+-- name: count_items_events
+-- What orch copy compares between the file and the database it filled.
+SELECT (SELECT count(*) FROM items) AS items,
+       (SELECT count(*) FROM event_log) AS events,
+       (SELECT count(*) FROM workers) AS workers,
+       (SELECT coalesce(max(fence), 0) FROM items) AS max_fence,
+       (SELECT coalesce(max(seq), 0) FROM event_log) AS last_seq;

@@ -24,3 +24,10 @@ def test_locked_forms_shadow_existing_queries():
 def test_postgresql_queries_use_psycopg_parameters_only():
     for name, sql in PG.items():
         assert ":id" not in sql and "?" not in sql.replace("%(", ""), name
+
+
+def test_no_postgresql_query_ends_in_a_comment():
+    # A comment between two queries belongs to the one before it; the store sends some
+    # queries with more SQL appended ("; COMMIT"), which a trailing comment would swallow.
+    for name, sql in PG.items():
+        assert not sql.splitlines()[-1].lstrip().startswith("--"), name

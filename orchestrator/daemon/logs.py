@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -53,7 +54,19 @@ def _private_file(path: str, flags: int) -> int:
     return fd
 
 
+class _ToLoguru(logging.Handler):
+    """Lines that libraries write through the standard logging module (psycopg's pool:
+    "discarding closed connection", say) go where the daemon's own lines go."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.opt(depth=6, exception=record.exc_info).log(
+            record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR",
+                                                     "CRITICAL") else "INFO",
+            "{}: {}", record.name, record.getMessage())
+
+
 def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
+    logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
     logger.remove()
     fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message} {extra}"
     logger.add(sys.stderr, level=level, format=fmt)

@@ -343,7 +343,7 @@ class Daemon:
         while True:
             await asyncio.sleep(min(1.0, self.recover_every_s))
             try:
-                version = self.watch.read(lambda tx: tx.scalar("data_version"))
+                version = await self._data_version()
                 if last_version is not None and version != last_version and self.waiters.parked:
                     # Someone else committed (an embedded CLI, say): let each parked
                     # claim look once.
@@ -354,6 +354,15 @@ class Daemon:
                     await self._recover()
             except OrchError as exc:
                 logger.warning("periodic work failed: {}", exc)
+
+    async def _data_version(self) -> int | None:
+        def read() -> int | None:
+            return self.watch.read(lambda tx: tx.scalar("data_version"))
+        if isinstance(self.watch, SQLiteStore):
+            return read()  # a local file, and a store of the loop's thread
+        # A round trip to the server, which a stalled link can hold for as long as the
+        # stall lasts: the loop must go on answering meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(self.pool, read)
 
     async def _recover(self) -> None:
         ok, r = await self._write("stale_recovery", {"dry_run": False})

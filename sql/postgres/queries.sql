@@ -209,9 +209,9 @@ WHERE status = 'pending' AND kind = %(kind)s AND queue = %(queue)s AND run_after
 -- Moves whenever anyone appends an event: the daemon's safety net under LISTEN/NOTIFY.
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS v FROM orch_event_seq;
 
--- The transaction-level queries of orchestrator/postgres.py.
-
 -- name: begin_write
+-- This query and the ones after it, up to notify_claimable, are the transaction-level
+-- queries of orchestrator/postgres.py.
 -- Every write transaction holds this shared lock until it ends; a follower reads the
 -- writers holding it to know when every event numbered so far has committed or
 -- rolled back. Shared: writers never wait for one another on it.
@@ -269,3 +269,67 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: notify_claimable
 SELECT pg_notify('orch_claimable', '');
+
+-- name: items_after
+-- This query and the ones after it are orch copy's (orchestrator/pgcopy.py): a SQLite
+-- file's items, workers and events written into an empty schema, in one transaction.
+SELECT * FROM items WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY worker_id;
+
+-- name: count_items_events
+SELECT (SELECT count(*) FROM items) AS items,
+       (SELECT count(*) FROM event_log) AS events,
+       (SELECT count(*) FROM workers) AS workers,
+       (SELECT coalesce(max(fence), 0) FROM items) AS max_fence,
+       (SELECT coalesce(max(seq), 0) FROM event_log) AS last_seq;
+
+-- name: schema_tables
+-- What the schema a URL works in holds already (indexes aside): orch copy fills only an
+-- empty schema, or one orch made that holds no items or events yet.
+SELECT c.relname AS name
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+ORDER BY c.relname;
+
+-- name: lock_for_copy
+-- Readers go on; a writer (another orch copy, a daemon already pointed here) waits, so
+-- the emptiness checked next stays true until the copy commits.
+LOCK TABLE items, workers, event_log IN EXCLUSIVE MODE;
+
+-- name: copy_worker
+INSERT INTO workers (worker_id, first_seen, last_seen, lease_expires_at)
+VALUES (%(worker_id)s, %(first_seen)s, %(last_seen)s, %(lease_expires_at)s);
+
+-- name: copy_item
+-- Ids, fences and the latest event as the file has them; a parent is copied before its
+-- children (ids only grow).
+INSERT INTO items (id, kind, queue, parent_id, key, payload, priority, status, attempts,
+                   max_attempts, run_after, effect, checkpoint, result, error, worker_id,
+                   fence, token_hash, lease_ttl_ms, lease_expires_at, heartbeat_at,
+                   cancel_requested, created_at, updated_at, last_event)
+VALUES (%(id)s, %(kind)s, %(queue)s, %(parent_id)s, %(key)s, %(payload)s, %(priority)s,
+        %(status)s, %(attempts)s, %(max_attempts)s, %(run_after)s, %(effect)s,
+        %(checkpoint)s, %(result)s, %(error)s, %(worker_id)s, %(fence)s, %(token_hash)s,
+        %(lease_ttl_ms)s, %(lease_expires_at)s, %(heartbeat_at)s, %(cancel_requested)s,
+        %(created_at)s, %(updated_at)s, %(last_event)s);
+
+-- name: copy_event
+-- Numbers, hashes and prev_hash as written on SQLite (one chain over the whole log);
+-- item_prev as pgcopy computed it where the file has none.
+INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash,
+                       item_prev)
+VALUES (%(seq)s, %(at)s, %(item_id)s, %(type)s, %(worker_id)s, %(fence)s, %(detail)s,
+        %(prev_hash)s, %(hash)s, %(item_prev)s);
+
+-- name: set_event_seq
+-- The next event (and so the next fence) is numbered above every copied one. greatest:
+-- numbers handed out here before the copy (to transactions that rolled back) stay used.
+SELECT setval('orch_event_seq',
+              greatest(%(seq)s, (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
+                                 FROM orch_event_seq)));
+
+-- name: set_item_seq
+-- New items, from any machine, get ids above every copied one.
+SELECT setval(pg_get_serial_sequence('items', 'id'), %(id)s);
