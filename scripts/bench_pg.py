@@ -34,6 +34,8 @@ The rows:
   pgqueuer       W processes, each a QueueManager (asyncpg) with a no-op entrypoint,
                  run() as it defaults: it dequeues 10 jobs at a time and writes the
                  completions in batches, so its "cycle" is not one job's round trip.
+                 "pgqueuer, batch 1": run(batch_size=1), one job per dequeue and each
+                 completion written at once.
   orch daemon    W processes, each an orchestrator.client.Client on one
                  `orch daemon --db postgresql://...`: releaseAndClaim (the release and
                  the next claim in one call), or claim + release with --orch-loop pair.
@@ -43,7 +45,9 @@ The rows:
   orch embedded  W processes, each Orchestrator("postgresql://...") in-process.
 
 Runs are interleaved (every row once per round) so a load change on the machine hits
-every row alike; the load average is printed with each run.
+every row alike. Each run also reports the CPU milliseconds per cycle spent by the
+server's backends for that database, by orch's daemons and by the workers, and how
+busy the whole machine was: where the cores are the limit, more daemons cannot help.
 """
 
 from __future__ import annotations
@@ -62,9 +66,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -108,11 +112,12 @@ def count(url: str, query: str) -> int:
 
 
 # --- the systems -----------------------------------------------------------------------------
-# Each: prepare(url, n, workers, tmp) submits jobs 0..n-1 (and starts what it needs),
-# returning stop(); consume(url, w, workers, tmp, started) runs in worker process w, calls
-# started() once it is connected (which blocks until every worker is, then returns the
-# deadline), and returns the job numbers it delivered with the time of the last one;
-# done(url) counts the jobs the system recorded as completed.
+# Each: prepare(url, n, workers, tmp) submits jobs 0..n-1 and starts what serves them
+# (orch's daemons), returning those processes; consume(url, w, workers, tmp, started)
+# runs in worker process w, calls started() once it is connected (which blocks until
+# every worker is, then returns the deadline), and returns the job numbers it delivered
+# with the time of the last one; done(url) counts the jobs the system recorded as
+# completed.
 
 
 class _Stamped(list):
@@ -144,7 +149,7 @@ class Procrastinate:
         return app, noop
 
     @classmethod
-    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> list[subprocess.Popen]:
         async def fill() -> None:
             app, noop = cls._app(url)
             async with app.open_async():
@@ -153,7 +158,7 @@ class Procrastinate:
                     await noop.batch_defer_async(*({"i": i} for i in
                                                    range(start, min(n, start + SUBMIT_BATCH))))
         asyncio.run(fill())
-        return lambda: None
+        return []
 
     @classmethod
     def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
@@ -179,9 +184,10 @@ class Procrastinate:
 
 class PgQueuer:
     name = "pgqueuer"
+    batch_size = 10  # run()'s default
 
     @classmethod
-    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> list[subprocess.Popen]:
         async def fill() -> None:
             import asyncpg
             from pgqueuer import AsyncpgDriver, Queries
@@ -196,7 +202,7 @@ class PgQueuer:
             finally:
                 await conn.close()
         asyncio.run(fill())
-        return lambda: None
+        return []
 
     @classmethod
     def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
@@ -218,7 +224,7 @@ class PgQueuer:
                 asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()),
                                                       qm.shutdown.set)
                 # drain: return once the queue is empty; shutdown: at the deadline.
-                await qm.run(mode=QueueExecutionMode.drain)
+                await qm.run(mode=QueueExecutionMode.drain, batch_size=cls.batch_size)
             finally:
                 await conn.close()
         asyncio.run(run())
@@ -227,6 +233,14 @@ class PgQueuer:
     @staticmethod
     def done(url: str) -> int:
         return count(url, "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
+
+
+class PgQueuerOne(PgQueuer):
+    """pgqueuer taking one job per dequeue (run(batch_size=1)), which also flushes each
+    completion at once: its cost per job when it does not batch."""
+
+    name = "pgqueuer, batch 1"
+    batch_size = 1
 
 
 def orch_loop(o, worker: str, deadline: float, together: bool) -> tuple[list, float]:
@@ -259,13 +273,13 @@ class Raw:
     together = False
 
     @staticmethod
-    def prepare(url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+    def prepare(url: str, n: int, workers: int, tmp: Path) -> list[subprocess.Popen]:
         with _admin(url) as c:
             c.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, n int NOT NULL, "
                       "status text NOT NULL DEFAULT 'todo')")
             c.execute("CREATE INDEX jobs_todo ON jobs (id) WHERE status = 'todo'")
             c.execute("INSERT INTO jobs (n) SELECT generate_series(0, %s - 1)", (n,))
-        return lambda: None
+        return []
 
     @classmethod
     def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
@@ -307,7 +321,7 @@ class OrchEmbedded:
     together = True
 
     @staticmethod
-    def prepare(url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+    def prepare(url: str, n: int, workers: int, tmp: Path) -> list[subprocess.Popen]:
         from orchestrator import Orchestrator
         if not (ROOT / "sql" / "postgres").is_dir():
             # An orch without the store would take the URL for a file name.
@@ -315,7 +329,7 @@ class OrchEmbedded:
         with Orchestrator(url) as o:
             for start in range(0, n, SUBMIT_BATCH):
                 o.submit_many([{"payload": i} for i in range(start, min(n, start + SUBMIT_BATCH))])
-        return lambda: None
+        return []
 
     @classmethod
     def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
@@ -335,7 +349,7 @@ class OrchDaemon(OrchEmbedded):
     daemons = 1
 
     @classmethod
-    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> Callable[[], None]:
+    def prepare(cls, url: str, n: int, workers: int, tmp: Path) -> list[subprocess.Popen]:
         OrchEmbedded.prepare(url, n, workers, tmp)  # migrates the database, then submits
         procs: list[subprocess.Popen] = []
         try:
@@ -345,7 +359,7 @@ class OrchDaemon(OrchEmbedded):
             for p in procs:
                 stop_daemon(p)
             raise
-        return lambda: [stop_daemon(p) for p in procs] and None
+        return procs
 
     @classmethod
     def consume(cls, url: str, w: int, workers: int, tmp: Path, started) -> tuple[list, float]:
@@ -399,13 +413,68 @@ def stop_daemon(proc: subprocess.Popen) -> None:
 
 SYSTEMS: dict[str, Any] = {"raw": Raw, "raw-next": RawNext,
                            "procrastinate": Procrastinate, "pgqueuer": PgQueuer,
+                           "pgqueuer-b1": PgQueuerOne,
                            "orch-daemon": OrchDaemon, "orch-2daemons": OrchTwoDaemons,
                            "orch-embedded": OrchEmbedded}
 PEERS = [("procrastinate", 1), ("procrastinate", 4), ("procrastinate", 8),
-         ("pgqueuer", 1), ("pgqueuer", 4), ("pgqueuer", 8)]
+         ("pgqueuer", 1), ("pgqueuer", 4), ("pgqueuer", 8),
+         ("pgqueuer-b1", 1), ("pgqueuer-b1", 4)]
 RAW = [("raw", 1), ("raw", 4), ("raw-next", 1), ("raw-next", 4), ("raw-next", 8)]
 ORCH = [("orch-daemon", 1), ("orch-daemon", 4), ("orch-2daemons", 8), ("orch-embedded", 4),
         ("orch-daemon", 8)]
+
+
+# --- where the CPU went ---------------------------------------------------------------------
+# The server, the daemons and the workers share the machine's cores (and other work may
+# be running on it): each run reports the CPU each side used per cycle and how busy the
+# whole machine was, so a figure limited by the cores can be told from one limited by
+# waiting.
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = v[3] + v[4]  # idle, iowait
+    return sum(v) - idle, sum(v)
+
+
+class ServerCpu(threading.Thread):
+    """Samples the CPU time of the server processes that serve database ``name`` (a
+    backend's counter only grows; the last sample before it exits is kept)."""
+
+    def __init__(self, admin_url: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.admin_url, self.name = admin_url, name
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with _admin(self.admin_url) as c:
+            while True:
+                pids = [r[0] for r in c.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,))]
+                for pid in pids:
+                    t = cpu_seconds(pid)
+                    self.first.setdefault(pid, t)
+                    self.last[pid] = max(t, self.last.get(pid, 0.0))
+                if self.halt.wait(0.2):
+                    return
+
+    def stop(self) -> float:
+        self.halt.set()
+        self.join(10)
+        return sum(t - self.first[pid] for pid, t in self.last.items())
 
 
 # --- one measurement -------------------------------------------------------------------------
@@ -416,20 +485,20 @@ def _worker(key: str, url: str, w: int, workers: int, tmp: str, seconds: float,
     system = SYSTEMS[key]
     if key.startswith("orch"):
         system.together = together
-    start = [0.0]
+    start = [0.0, 0.0]
 
     def started() -> float:
         ready.put(w)
         go.wait()
-        start[0] = time.monotonic()
+        start[:] = time.monotonic(), time.process_time()
         return start[0] + seconds
 
     try:
         got, last = system.consume(url, w, workers, Path(tmp), started)
-        out.put((w, start[0], last, got, None))
+        out.put((w, start[0], last, got, None, time.process_time() - start[1]))
     except Exception as exc:  # noqa: BLE001 -- sent back and shown in the row
         ready.put(w)  # a worker that failed before started() must not hang the others
-        out.put((w, start[0], start[0], [], f"{type(exc).__name__}: {exc}"))
+        out.put((w, start[0], start[0], [], f"{type(exc).__name__}: {exc}", 0.0))
 
 
 def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
@@ -442,8 +511,9 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
                  "load": os.getloadavg()[0]}
     try:
         url = create_db(admin_url, name)
-        stop = system.prepare(url, n, workers, tmp)
+        helpers: list[subprocess.Popen] = []
         try:
+            helpers = system.prepare(url, n, workers, tmp)
             ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
             procs = [ctx.Process(target=_worker, args=(key, url, w, workers, str(tmp), seconds,
                                                        together, ready, go, out))
@@ -452,16 +522,26 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
                 p.start()
             for _ in procs:
                 ready.get(timeout=120)
+            server = ServerCpu(admin_url, name)
+            server.start()
+            ticks = machine_ticks()
+            daemons = -sum(cpu_seconds(p.pid) for p in helpers)
             go.set()
             results = [out.get(timeout=seconds + 300) for _ in procs]
+            daemons += sum(cpu_seconds(p.pid) for p in helpers)
+            busy, total = (b - a for a, b in zip(ticks, machine_ticks(), strict=True))
+            res["cpu"] = {"server": server.stop(), "daemons": daemons,
+                          "workers": sum(r[5] for r in results),
+                          "machine_busy": busy / total if total else 0.0}
             for p in procs:
                 p.join(60)
             res["done"] = system.done(url)
         finally:
-            stop()
+            for p in helpers:
+                stop_daemon(p)
     except Exception as exc:  # noqa: BLE001 -- a system that cannot run is a row that says why
         res.update(cycles_per_s=0.0, delivered=0, duplicates=0, done=0, ran_out=False,
-                   errors=[f"{type(exc).__name__}: {exc}"])
+                   errors=[f"{type(exc).__name__}: {exc}"], cpu_ms=None)
         return res
     finally:
         with contextlib.suppress(Exception):
@@ -475,6 +555,9 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
                delivered=len(delivered), duplicates=len(delivered) - len(set(delivered)),
                ran_out=len(set(delivered)) == n, seconds=elapsed,
                errors=sorted({r[4] for r in results if r[4]}))
+    cpu = res["cpu"]
+    res["cpu_ms"] = ({k: cpu[k] * 1000 / len(delivered) for k in ("server", "daemons", "workers")}
+                     if delivered else None)
     return res
 
 
@@ -489,6 +572,9 @@ def run_rows(rows: list[tuple[str, int]], rounds: int, n: int, seconds: float,
                   f"{res['cycles_per_s']:8,.0f}/s delivered={res['delivered']} "
                   f"dup={res['duplicates']} done={res['done']}"
                   f"{' (ran out)' if res['ran_out'] else ''} load={res['load']:.2f}"
+                  + (f" busy={res['cpu']['machine_busy']:.0%} cpu ms/cycle: "
+                     f"server {res['cpu_ms']['server']:.2f} daemons {res['cpu_ms']['daemons']:.2f}"
+                     f" workers {res['cpu_ms']['workers']:.2f}" if res["cpu_ms"] else "")
                   + (f" errors={res['errors']}" if res["errors"] else ""), flush=True)
     out = []
     for (key, w), rs in runs.items():
@@ -498,7 +584,12 @@ def run_rows(rows: list[tuple[str, int]], rounds: int, n: int, seconds: float,
                     "rates": rates, "duplicates": sum(x["duplicates"] for x in rs),
                     "delivered": sum(x["delivered"] for x in rs),
                     "done": sum(x["done"] for x in rs),
-                    "errors": sorted({e for x in rs for e in x["errors"]})})
+                    "errors": sorted({e for x in rs for e in x["errors"]}),
+                    "cpu_ms": {k: statistics.median(x["cpu_ms"][k] for x in rs if x["cpu_ms"])
+                               for k in ("server", "daemons", "workers")}
+                    if all(x["cpu_ms"] for x in rs) else None,
+                    "machine_busy": statistics.median(x["cpu"].get("machine_busy", 0.0)
+                                                      for x in rs)})
     return out
 
 
@@ -517,6 +608,17 @@ def table(rows: list[dict]) -> str:
         runs = " / ".join(f"{x:,.0f}" for x in r["rates"])
         fig = f"{r['median']:,.0f}" if not r["errors"] else "failed"
         lines.append(f"| {r['system']} | {r['label']} | {fig} | {runs} | {r['duplicates']} |")
+    return "\n".join(lines)
+
+
+def cpu_table(rows: list[dict]) -> str:
+    lines = ["| system | workers | server | daemons | workers | machine busy |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r["cpu_ms"]:
+            c = r["cpu_ms"]
+            lines.append(f"| {r['system']} | {r['label']} | {c['server']:.2f} | "
+                         f"{c['daemons']:.2f} | {c['workers']:.2f} | {r['machine_busy']:.0%} |")
     return "\n".join(lines)
 
 
@@ -579,7 +681,11 @@ def main() -> None:
     if by.get(("orch-daemon", 4)) and ("orch-2daemons", 8) in by:
         report["ratio_2x4_over_1x4"] = ratio = by[("orch-2daemons", 8)] / by[("orch-daemon", 4)]
         print(f"\norch 2 daemons x 4 / 1 daemon x 4: {ratio:.2f}")
+        if by.get(("orch-daemon", 8)):
+            report["ratio_2x4_over_1x8"] = r8 = by[("orch-2daemons", 8)] / by[("orch-daemon", 8)]
+            print(f"orch 2 daemons x 4 / 1 daemon x 8 (as many workers): {r8:.2f}")
     print("\n" + table(out))
+    print("\nCPU ms per cycle (medians), and how busy the whole machine was:\n" + cpu_table(out))
     for r in out:
         if r["errors"]:
             print(f"\n{r['system']} W={r['workers']}: {r['errors'][0][:300]}")
