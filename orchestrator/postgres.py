@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import tenacity
@@ -43,7 +43,7 @@ from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
 from . import defaults
-from .errors import NotFound, OrchError, OutcomeUnknown, SchemaTooNew, Unavailable
+from .errors import InvalidInput, NotFound, OrchError, OutcomeUnknown, SchemaTooNew, Unavailable
 from .events import GENESIS
 from .model import EventRow, ExpiredRow, ItemRow
 from .store import SQL_DIR, CommitAndRaise, Params, Rollback, Store, load_queries
@@ -86,11 +86,11 @@ def masked(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "postgresql://***"
-    if parts.password is None:
-        return re.sub(r"(password=)[^&]*", r"\1***", url)
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
 
 
 class Busy(Exception):
@@ -117,8 +117,36 @@ def unavailable(exc: BaseException, where: str) -> OrchError:
     return Unavailable(f"database {where} unavailable: {first}")
 
 
+def _redacted(text: str, url: str) -> str:
+    """``text`` with ``url``'s password, wherever it appears, replaced by ``***``.
+
+    libpq quotes the URL, or the part it could not decode, in its messages; the URL
+    may not parse, so its password is found by hand.
+    """
+    text = text.replace(url, masked(url))
+    netloc = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0]
+    userinfo = netloc.rsplit("@", 1)[0] if "@" in netloc else ""
+    secrets = re.findall(r"[?&]password=([^&#]*)", url)
+    if ":" in userinfo:
+        secrets.append(userinfo.split(":", 1)[1])
+    for secret in sorted({s for raw in secrets for s in (raw, unquote(raw)) if s},
+                         key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def _conninfo(url: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
+    """The connection string orch connects with; a URL libpq cannot read is the user's
+    input to fix (exit 2), not a server that is away."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidInput(f"database URL {masked(url)} is not valid: "
+                           f"{_redacted(str(exc).strip(), url)}") from None
+    port = str(params.get("port", ""))
+    if not all(p.isdigit() or not p for p in port.split(",")):
+        raise InvalidInput(f"database URL {masked(url)} is not valid: the port must be a "
+                           "number")
     extra: dict[str, Any] = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
     # Server settings go first in ``options``: a -c of the URL's own comes later and wins.
     ours = " ".join(f"-c {k}={v}" for k, v in _SERVER_DEFAULTS.items())
@@ -367,6 +395,11 @@ class PostgresStore(Store):
     def _prepare(self, conn: Any, *, create: bool, init: bool) -> None:
         present = conn.execute(QUERIES["has_migrations_table"]).fetchone()
         assert present is not None
+        if present["schema"] is None:
+            raise Unavailable(f"database {self.path}: role {present['role']} can use no schema "
+                              f"of its search_path ({present['search_path']}): each is "
+                              "missing or the role lacks USAGE on it; create the schema, "
+                              "or grant the role USAGE on it (and CREATE, for orch init)")
         if not present["present"]:
             if present["items"]:
                 raise NotFound(f"{self.path} holds tables that are not orch's (an items "

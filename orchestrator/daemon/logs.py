@@ -69,8 +69,10 @@ def setup_logging(log_file: Path | None, level: str = "INFO") -> None:
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
     logger.remove()
     fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message} {extra}"
-    logger.add(sys.stderr, level=level, format=fmt)
+    # diagnose=False: loguru would print the value of every variable in a traceback,
+    # and those hold lease tokens and payloads, which the log must never show.
+    logger.add(sys.stderr, level=level, format=fmt, diagnose=False)
     if log_file is not None:
         paths.ensure_private_dir(log_file.parent)
         logger.add(log_file, level=level, format=fmt, rotation="10 MB", retention=5,
-                   opener=_private_file)
+                   opener=_private_file, diagnose=False)

@@ -226,6 +226,11 @@ def _failure(store: Store, op: str, exc: Exception) -> tuple[bool, OrchError]:
     if isinstance(exc, OrchError):
         return False, exc
     mapped = store.db_error(exc)
+    if isinstance(mapped, Unavailable):
+        # The database went away (a restart, a dropped link): one line, not a traceback
+        # for every request it caught.
+        logger.bind(method=op).warning("request failed: {}", mapped)
+        return False, mapped
     if mapped is not None:
         logger.bind(method=op).opt(exception=exc).error("request failed in the database")
         return False, mapped

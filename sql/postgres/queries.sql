@@ -257,8 +257,12 @@ SELECT coalesce(max(version), 0) AS version FROM orch_migrations;
 INSERT INTO orch_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: has_migrations_table
+-- current_schema() is null when no schema of the search_path exists or is usable by
+-- this role (lacking USAGE on a schema hides it).
 SELECT to_regclass('orch_migrations') IS NOT NULL AS present,
-       to_regclass('items') IS NOT NULL AS items;
+       to_regclass('items') IS NOT NULL AS items,
+       current_schema() AS schema, current_setting('search_path') AS search_path,
+       current_user AS role;
 
 -- name: meta
 SELECT value FROM orch_meta WHERE key = %(key)s;

@@ -8,14 +8,17 @@
         Phase 2 (after a second "go"): claim_task(item_id=ITEM_ID); print
         {"claim": [id, fence]} or {"error": "<exception class>"}.
 
-The database is opened first, then "ready" is printed and the worker blocks on a line
-from stdin: the test releases every worker at once by writing "go" to all of them.
+DB is a database (a file or a postgresql:// URL), or daemon:SOCKET to go through the
+daemon on SOCKET. The database is opened first, then "ready" is printed and the worker
+blocks on a line from stdin: the test releases every worker at once by writing "go" to
+all of them.
 """
 
 import json
 import sys
 
 from orchestrator import OrchError, Orchestrator
+from orchestrator.client import Client
 
 
 def barrier() -> None:
@@ -26,7 +29,10 @@ def barrier() -> None:
 
 def main() -> None:
     db, worker, mode = sys.argv[1:4]
-    orch = Orchestrator(db, busy_budget_s=60)
+    if db.startswith("daemon:"):
+        orch = Client(db.removeprefix("daemon:"), timeout=60, connect_within=5)
+    else:
+        orch = Orchestrator(db, busy_budget_s=60)
     orch.ping()  # the connection is open and the schema read before the race starts
     if mode == "drain":
         barrier()
