@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -449,25 +450,33 @@ def machine_ticks() -> tuple[int, int]:
 
 
 class ServerCpu(threading.Thread):
-    """Samples the CPU time of the server processes that serve database ``name`` (a
-    backend's counter only grows; the last sample before it exits is kept)."""
+    """Samples the server processes that serve database ``name``: their CPU time (a
+    backend's counter only grows; the last sample before it exits is kept), and what
+    each one running a statement is waiting for, if anything. Waits of type Lock are
+    transactions queued behind one another: the measure of claimers serializing."""
 
     def __init__(self, admin_url: str, name: str) -> None:
         super().__init__(daemon=True)
         self.admin_url, self.name = admin_url, name
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.waits: collections.Counter[str] = collections.Counter()
         self.halt = threading.Event()
 
     def run(self) -> None:
         with _admin(self.admin_url) as c:
             while True:
-                pids = [r[0] for r in c.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,))]
-                for pid in pids:
+                rows = c.execute("SELECT pid, state, wait_event_type, wait_event "
+                                 "FROM pg_stat_activity WHERE datname = %s",
+                                 (self.name,)).fetchall()
+                for pid, state, wtype, wevent in rows:
                     t = cpu_seconds(pid)
                     self.first.setdefault(pid, t)
                     self.last[pid] = max(t, self.last.get(pid, 0.0))
+                    if state != "active":  # idle, or idle in transaction: the client's turn
+                        self.waits[f"({state})"] += 1
+                    else:
+                        self.waits[f"{wtype}:{wevent}" if wtype else "running"] += 1
                 if self.halt.wait(0.2):
                     return
 
@@ -531,6 +540,7 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
             daemons += sum(cpu_seconds(p.pid) for p in helpers)
             busy, total = (b - a for a, b in zip(ticks, machine_ticks(), strict=True))
             res["cpu"] = {"server": server.stop(), "daemons": daemons,
+                          "waits": dict(server.waits),
                           "workers": sum(r[5] for r in results),
                           "machine_busy": busy / total if total else 0.0}
             for p in procs:
@@ -589,7 +599,9 @@ def run_rows(rows: list[tuple[str, int]], rounds: int, n: int, seconds: float,
                                for k in ("server", "daemons", "workers")}
                     if all(x["cpu_ms"] for x in rs) else None,
                     "machine_busy": statistics.median(x["cpu"].get("machine_busy", 0.0)
-                                                      for x in rs)})
+                                                      for x in rs),
+                    "waits": dict(sum((collections.Counter(x["cpu"].get("waits", {}))
+                                       for x in rs), collections.Counter()))})
     return out
 
 
@@ -611,14 +623,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lock_share(waits: dict[str, int]) -> float | None:
+    """The share of samples of a busy backend in which it waited on a lock."""
+    total = sum(n for k, n in waits.items() if not k.startswith("("))
+    return sum(n for k, n in waits.items() if k.startswith("Lock:")) / total if total else None
+
+
 def cpu_table(rows: list[dict]) -> str:
-    lines = ["| system | workers | server | daemons | workers | machine busy |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| system | workers | server | daemons | workers | machine busy | lock waits |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r["cpu_ms"]:
             c = r["cpu_ms"]
+            share = lock_share(r["waits"])
+            locks = f"{share:.0%}" if share is not None else "-"
             lines.append(f"| {r['system']} | {r['label']} | {c['server']:.2f} | "
-                         f"{c['daemons']:.2f} | {c['workers']:.2f} | {r['machine_busy']:.0%} |")
+                         f"{c['daemons']:.2f} | {c['workers']:.2f} | {r['machine_busy']:.0%} "
+                         f"| {locks} |")
     return "\n".join(lines)
 
 
@@ -685,7 +706,13 @@ def main() -> None:
             report["ratio_2x4_over_1x8"] = r8 = by[("orch-2daemons", 8)] / by[("orch-daemon", 8)]
             print(f"orch 2 daemons x 4 / 1 daemon x 8 (as many workers): {r8:.2f}")
     print("\n" + table(out))
-    print("\nCPU ms per cycle (medians), and how busy the whole machine was:\n" + cpu_table(out))
+    print("\nCPU ms per cycle (medians), how busy the whole machine was, and the share of"
+          " samples of a busy backend\nin which it waited on a lock:\n" + cpu_table(out))
+    print("What the backends were doing (samples; in parentheses: not running a statement):")
+    for r in out:
+        if r["waits"]:
+            top = ", ".join(f"{k} {n}" for k, n in collections.Counter(r["waits"]).most_common(6))
+            print(f"  {r['system']}, {r['label']}: {top}")
     for r in out:
         if r["errors"]:
             print(f"\n{r['system']} W={r['workers']}: {r['errors'][0][:300]}")
