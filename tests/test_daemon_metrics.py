@@ -35,9 +35,9 @@ Samples = dict[tuple[str, frozenset], float]
 class LiveDaemon:
     """A daemon serving ``sock`` from a thread of this process, until ``stop()``."""
 
-    def __init__(self, directory: Path, **options):
+    def __init__(self, directory: Path, db: Path | str | None = None, **options):
         self.sock = directory / "orch.sock"
-        self.daemon = Daemon(directory / "orch.db", self.sock, **options)
+        self.daemon = Daemon(db or directory / "orch.db", self.sock, **options)
         self.failed: list[BaseException] = []
         self.thread = threading.Thread(target=self._serve, name="orch-daemon-under-test")
 
@@ -83,13 +83,14 @@ class LiveDaemon:
 
 @pytest.fixture
 def live(short_tmp: Path) -> Iterator[Callable[..., LiveDaemon]]:
-    """live(**Daemon options) -> a running in-process daemon on a new database; by
-    default its own recovery pass runs only at start, so a test decides when."""
+    """live(db=None, **Daemon options) -> a running in-process daemon on a new database
+    (a file in short_tmp unless ``db`` names one); by default its own recovery pass runs
+    only at start, so a test decides when."""
     started: list[LiveDaemon] = []
 
-    def start(**options) -> LiveDaemon:
+    def start(db: Path | str | None = None, **options) -> LiveDaemon:
         options.setdefault("recover_every_s", 3600)
-        d = LiveDaemon(short_tmp, **options)
+        d = LiveDaemon(short_tmp, db, **options)
         started.append(d)
         return d.start()
 
@@ -270,6 +271,24 @@ def test_requests_the_daemon_refuses_unrun_are_counted_by_reason(live):
     assert d.value("orch_requests_total", method="unknown", result="method_not_found") == 1
     assert d.value("orch_requests_total", method="claimTask", result="invalid") == 1
     assert d.value("orch_requests_total", method="unknown", result="parse") == 1
+
+
+def test_on_postgresql_items_are_counted_and_operations_move_the_counters(live, pg_schemas):
+    d = live(pg_schemas.url())
+    with d.client() as c:
+        for _ in range(3):
+            c.submit_task(queue="q")
+        assert d.value("orch_items", queue="q", status="pending", kind="task") == 3
+        claim = c.claim_task("w1", "q", ttl=0.05)
+        assert d.value("orch_claims_total", queue="q", kind="task") == 1
+        time.sleep(0.2)
+        with pytest.raises(LeaseLost):
+            c.release_task(claim["id"], claim["token"], "succeeded")
+        assert c.stale_recovery()["count"] == 1
+    assert d.value("orch_fencing_refusals_total", method="releaseTask") == 1
+    assert d.value("orch_expirations_total", status="pending") == 1
+    assert d.value("orch_items", queue="q", status="pending", kind="task") == 3
+    assert d.value("orch_commit_seconds_count") > 0
 
 
 def test_every_metric_is_named_orch_and_documented_in_both_readmes(live):
