@@ -113,6 +113,11 @@ LIMIT :limit;
 -- name: count_by_status
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
+-- name: count_by_queue_status
+-- The daemon's metrics, at each scrape: one pass over the items, like count_by_status
+-- (an index kept for it would cost every write).
+SELECT queue, status, kind, count(*) AS n FROM items GROUP BY queue, status, kind;
+
 -- name: running_by_worker
 SELECT worker_id, id FROM items INDEXED BY items_lease
 WHERE status = 'running'

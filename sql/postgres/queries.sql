@@ -151,6 +151,10 @@ LIMIT CASE WHEN %(limit)s::bigint < 0 THEN NULL ELSE %(limit)s::bigint END;
 -- name: count_by_status
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
+-- name: count_by_queue_status
+-- The daemon's metrics, at each scrape (like count_by_status, one pass over the items).
+SELECT queue, status, kind, count(*) AS n FROM items GROUP BY queue, status, kind;
+
 -- name: running_by_worker
 SELECT worker_id, id FROM items WHERE status = 'running' ORDER BY worker_id, id;
 
