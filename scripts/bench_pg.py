@@ -391,8 +391,10 @@ def start_daemon(url: str, home: Path, sock: Path) -> subprocess.Popen:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = (home / "stderr").read_text(errors="replace").strip().splitlines()
+            hint = (" (--make-venv again installs what pyproject.toml lists now)"
+                    if err and "ModuleNotFoundError" in err[-1] else "")
             raise RuntimeError(f"orch daemon exited {proc.returncode}: "
-                               f"{err[-1] if err else '(no output)'}")
+                               f"{err[-1] if err else '(no output)'}{hint}")
         try:
             with Client(sock, connect_within=0) as c:
                 c.ping()
@@ -598,9 +600,9 @@ def run_rows(rows: list[tuple[str, int]], rounds: int, n: int, seconds: float,
                     "cpu_ms": {k: statistics.median(x["cpu_ms"][k] for x in rs if x["cpu_ms"])
                                for k in ("server", "daemons", "workers")}
                     if all(x["cpu_ms"] for x in rs) else None,
-                    "machine_busy": statistics.median(x["cpu"].get("machine_busy", 0.0)
+                    "machine_busy": statistics.median(x.get("cpu", {}).get("machine_busy", 0.0)
                                                       for x in rs),
-                    "waits": dict(sum((collections.Counter(x["cpu"].get("waits", {}))
+                    "waits": dict(sum((collections.Counter(x.get("cpu", {}).get("waits", {}))
                                        for x in rs), collections.Counter()))})
     return out
 
@@ -657,7 +659,7 @@ def make_venv(path: Path) -> None:
     their own; orch runs from this checkout (the script puts it first on sys.path)."""
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [*meta["dependencies"], *meta["optional-dependencies"]["bench-pg"]]
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)  # keeps what is there
     subprocess.run([str(path / "bin" / "pip"), "install", "-q", *reqs], check=True)
     print(f"ready: {path / 'bin' / 'python'} {Path(__file__).relative_to(ROOT)}")
 
