@@ -48,6 +48,9 @@ Runs are interleaved (every row once per round) so a load change on the machine 
 every row alike. Each run also reports the CPU milliseconds per cycle spent by the
 server's backends for that database, by orch's daemons and by the workers, and how
 busy the whole machine was: where the cores are the limit, more daemons cannot help.
+And what those backends were doing, sampled 5 times a second: the share of samples of
+a backend running a statement in which it waited on a lock ("lock waits") is what
+claimers queueing behind one another would show as.
 """
 
 from __future__ import annotations
@@ -523,6 +526,7 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
     try:
         url = create_db(admin_url, name)
         helpers: list[subprocess.Popen] = []
+        procs: list = []
         try:
             helpers = system.prepare(url, n, workers, tmp)
             ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
@@ -549,6 +553,9 @@ def measure(key: str, workers: int, n: int, seconds: float, admin_url: str,
                 p.join(60)
             res["done"] = system.done(url)
         finally:
+            for p in procs:  # left waiting only when the run failed
+                if p.is_alive():
+                    p.terminate()
             for p in helpers:
                 stop_daemon(p)
     except Exception as exc:  # noqa: BLE001 -- a system that cannot run is a row that says why
