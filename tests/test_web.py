@@ -181,7 +181,7 @@ def test_the_token_in_the_url_becomes_a_cookie_and_leaves_the_url(web: WebClient
     # a script keeps no cookie: JSON and metrics answer ?token= at once
     r = web.get(f"/api/overview?token={web.token}", auth=False)
     assert r.status == 200 and "Set-Cookie" not in r.headers and "counts" in r.json
-    assert web.get(f"/metrics?token={web.token}", auth=False).status in (200, 404)
+    assert web.get(f"/metrics?token={web.token}", auth=False).status == 200
     assert r.headers["Server"] == "orch"
 
 
@@ -354,13 +354,22 @@ def test_a_view_off_loopback_is_logged_as_such(start_daemon):
     assert w.get("/", headers={"Host": f"myhost.example:{w.port}"}).status == 403
 
 
-def test_metrics_need_the_token(web: WebClient):
+def test_metrics_need_the_token_and_move_with_operations(web: WebClient):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def claims() -> float:
+        r = web.get("/metrics")
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        return sum(s.value for s in families["orch_claims"].samples
+                   if s.name == "orch_claims_total")
+
     assert web.get("/metrics", auth=False).status == 401
-    r = web.get("/metrics")
-    # served once the daemon keeps metrics; until then, not found (never unguarded)
-    assert r.status in (200, 404), r
-    if r.status == 200:
-        assert r.headers["Content-Type"].startswith("text/plain")
+    before = claims()
+    with web.daemon.client() as c:
+        c.submit_task(queue="m")
+        c.claim_task("w1", "m")
+    assert claims() == before + 1
 
 
 def test_a_requeue_from_the_view_wakes_a_parked_claim(web: WebClient, scene: dict):

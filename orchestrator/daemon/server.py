@@ -30,6 +30,7 @@ from ..store import SQLiteStore, Store, is_url, open_store
 from . import wire
 from .connection import Connection
 from .logs import Throttled, setup_logging
+from .metrics import Metrics
 from .waiters import Waiters
 from .wire import Request, error_reply
 from .writer import Checkpointer, GroupCommit
@@ -100,6 +101,9 @@ class Daemon:
         self._readers: list[Store] = []
         self.listener_thread: Any = None
         self._readers_lock = threading.Lock()
+        self.metrics = Metrics(read=lambda fn: self._reader().read(fn),
+                               parked=lambda: len(self.waiters.parked),
+                               connections=lambda: len(self.connections))
         self.http = http
         self.web: WebView | None = None
 
@@ -164,10 +168,14 @@ class Daemon:
                 self.writer_store,  # type: ignore[arg-type]
                 lambda: loop.call_soon_threadsafe(self._woken_from_afar))
             self.listener_thread.start()
-        self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections))
+        self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections),
+                                  committed=self.metrics.committed)
         self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        if threading.current_thread() is threading.main_thread():
+            # Only the main thread takes signals; a daemon run in another thread (in a
+            # test) is stopped by setting ``stopping``.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopping.set)
         await self._recover()
         self._raise_fd_limit()
         self.loop = loop
@@ -392,6 +400,8 @@ class Daemon:
 
     async def _recover(self) -> None:
         ok, r = await self._write("stale_recovery", {"dry_run": False})
+        if ok:
+            self.metrics.recovered(r)
         if ok and r["count"]:
             logger.bind(count=r["count"]).info("recovered {} expired lease(s)", r["count"])
 
@@ -524,17 +534,20 @@ class Daemon:
 
         def done(outcome: tuple[bool, Any]) -> None:
             ok, value = outcome
-            if ok and op in FEEDS:
-                try:
+            try:
+                if ok and op in FEEDS:
                     self.waiters.feed(op, value)
-                except Exception:  # noqa: BLE001 -- committed: the answer must still go
-                    logger.exception("waking parked claims failed")
+                self.metrics.answered(op, req.kwargs, ok, value)  # before: a scrape
+                # made once the client has its answer counts it
+            except Exception:  # noqa: BLE001 -- committed: the answer must still go
+                logger.exception("waking parked claims or counting the answer failed")
             conn.reply(wire.reply(id_, ok, value))
         self.writer.submit(op, req.kwargs, done)
 
     async def _answer(self, parsed: Request | list[Request] | dict,
                       gone: Callable[[], bool]) -> Any:
         if isinstance(parsed, dict):  # the line holds no request
+            self.metrics.refused("", parsed)
             return parsed
         if isinstance(parsed, list):
             replies = await asyncio.gather(*(self._answer_one(r, gone) for r in parsed))
@@ -543,11 +556,13 @@ class Daemon:
 
     async def _answer_one(self, req: Request, gone: Callable[[], bool]) -> dict | None:
         if req.method is None:  # not a request: answered even without an id
+            self.metrics.refused("", req.refusal)
             return req.refusal
         started = time.perf_counter()
         log = logger.bind(method=req.method) if self.debug else logger
         if req.refusal is not None:
             reply = req.refusal
+            self.metrics.refused(req.op, reply)
         else:
             try:
                 ok, value = await self.call(req.op, req.kwargs, gone)
@@ -557,6 +572,7 @@ class Daemon:
                 log.exception("internal error")
                 ok, value = False, internal_error(exc)
             reply = wire.reply(req.id, ok, value)
+            self.metrics.answered(req.op, req.kwargs, ok, value)
         if self.debug:  # binding costs even when the line is not written
             value = reply.get("result")
             item = worker = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -41,10 +42,12 @@ class GroupCommit:
     """
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
-                 clients: Callable[[], int] = lambda: 0):
+                 clients: Callable[[], int] = lambda: 0,
+                 committed: Callable[[int, float], None] = lambda requests, seconds: None):
         self.store = store
         self.loop = loop
         self.clients = clients
+        self.committed = committed  # told each group's size and seconds, once it is done
         self.waited = False
         self.offloaded = False  # a group waits for the lock in self.pool
         self.pending: list[tuple[str, dict, Done]] = []
@@ -130,6 +133,7 @@ class GroupCommit:
 
     def _commit(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
         """One attempt; BusyError (the file is locked) is the caller's to retry."""
+        started = time.perf_counter()
         try:
             if len(group) == 1:  # alone: its own transaction, no savepoint needed
                 op, kwargs, _ = group[0]
@@ -150,6 +154,7 @@ class GroupCommit:
             outcomes = [(False, internal_error(exc))] * len(group)
         self.commits += 1
         self.committed_requests += len(group)
+        self.committed(len(group), time.perf_counter() - started)
         return outcomes
 
     def _commit_group(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:

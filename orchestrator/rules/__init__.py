@@ -47,7 +47,16 @@ from .leases import (
     release_task,
 )
 from .lifecycle import cancel_task, checkpoint, resolve_task, retry_task
-from .reads import get_task, list_events, list_tasks, next_due, ping, status, verify
+from .reads import (
+    get_task,
+    item_counts,
+    list_events,
+    list_tasks,
+    next_due,
+    ping,
+    status,
+    verify,
+)
 from .recovery import (
     after_lost_lease,
     expire,
@@ -80,8 +89,8 @@ __all__ = [
     "create_goal", "emit", "event_view", "execute_tool_idempotent", "expire",
     "expire_many", "expired_detail", "explain_task", "extend", "fence_children",
     "get_row", "get_task", "hash_token", "heartbeat", "held", "insert_plain", "iso",
-    "lease_view", "list_events", "list_tasks", "lost_ancestor", "new_token", "next_claim",
-    "next_due", "ping", "public", "recover_to_claim", "register_worker",
+    "item_counts", "lease_view", "list_events", "list_tasks", "lost_ancestor", "new_token",
+    "next_claim", "next_due", "ping", "public", "recover_to_claim", "register_worker",
     "release_and_claim", "release_task", "replay_session", "resolve_task",
     "resume_session", "retry_task", "same_token", "settle", "settled", "stale_recovery",
     "start_session", "status", "submit_many", "submit_task", "submitted_detail",

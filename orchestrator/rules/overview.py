@@ -17,6 +17,7 @@ from typing import Any
 from ..model import PARENT_KIND
 from ..store import Tx
 from ..validate import STATUSES
+from .reads import item_counts
 
 BUCKET_MS = 60_000
 BUCKETS = 60  # one hour, the current minute last
@@ -45,7 +46,7 @@ def count(tx: Tx) -> tuple[Counts, dict[str, Counts], dict[str, Counts]]:
     totals = dict.fromkeys(STATUSES, 0)
     queues: dict[str, Counts] = {}
     children: dict[str, Counts] = {k: dict.fromkeys(STATUSES, 0) for k in PARENT_KIND}
-    for r in tx.all("count_by_kind_queue_status"):
+    for r in item_counts(tx):
         by_status = children[r["kind"]] if r["kind"] in PARENT_KIND else \
             queues.setdefault(r["queue"], dict.fromkeys(STATUSES, 0))
         by_status[r["status"]] += r["n"]

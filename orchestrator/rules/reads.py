@@ -59,6 +59,11 @@ def ping(tx: Tx, now: int) -> dict:
     return {"pong": True, "now": now}
 
 
+def item_counts(tx: Tx) -> list[dict]:
+    """How many items each (queue, status, kind) holds: rows of queue, status, kind, n."""
+    return tx.all("count_by_queue_status")
+
+
 def next_due(tx: Tx, now: int, *, kinds: list[str], queues: list[str]) -> int | None:
     """When the next delayed item a waiter could take becomes claimable, if any."""
     dues = [r["due"] for kind in kinds for queue in queues

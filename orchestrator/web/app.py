@@ -359,11 +359,11 @@ async def events_api(request: web.Request, view: WebView) -> Any:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format, from the daemon's metrics (when it keeps them)."""
-    kept = getattr(request.app[VIEW].daemon, "metrics", None)
-    if kept is None:
-        return web.Response(status=404, text="404 Not Found: this daemon keeps no metrics\n")
-    body, content_type = kept.render()
+    """The daemon's metrics in the Prometheus text format. A scrape counts the items on
+    a read connection: on a reader thread, as the pages' reads."""
+    daemon = request.app[VIEW].daemon
+    body, content_type = await asyncio.get_running_loop().run_in_executor(
+        daemon.pool, daemon.metrics.render)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -159,8 +159,10 @@ LIMIT CASE WHEN %(limit)s::bigint < 0 THEN NULL ELSE %(limit)s::bigint END;
 -- name: count_by_status
 SELECT status, count(*) AS n FROM items GROUP BY status;
 
--- name: count_by_kind_queue_status
-SELECT kind, queue, status, count(*) AS n FROM items GROUP BY kind, queue, status;
+-- name: count_by_queue_status
+-- The daemon's metrics, at each scrape, and the web view's overview (like
+-- count_by_status, one pass over the items).
+SELECT queue, status, kind, count(*) AS n FROM items GROUP BY queue, status, kind;
 
 -- name: running_leases
 SELECT id, kind, queue, worker_id, fence, lease_ttl_ms, lease_expires_at, heartbeat_at,
