@@ -178,6 +178,7 @@ class PgTx:
         self._reserved: int | None = None
         self._heads: dict[int | None, str] = {}
         self._savepoints = 0
+        self.registering: dict[str, int] = {}  # known to the store once committed
         self.schema_version = SCHEMA_VERSION
         if write:
             # One round trip: BEGIN and the transaction's lock and clock together.
@@ -218,13 +219,35 @@ class PgTx:
             params = {**params, "horizon": self._horizon()}
         elif not self.begun:
             self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        if name == "link_event":
+            return []  # insert_event, just before, linked it in its own statement
+        if name == "register_worker" and self._registered(params):
+            return []
         sql = QUERIES.get(f"{name}__locked") if self.write else None
         rows = self._exec(sql or QUERIES[name], params)
+        if sql is not None and rows and "orch_head" in rows[0]:
+            for row in rows:
+                head = row.pop("orch_head")
+                # None also when the latest event committed after this statement's
+                # snapshot (the row was waited for): then link() asks again.
+                if head is not None or row["last_event"] == 0:
+                    self._heads[row["id"]] = head or GENESIS
         if self.write and (name in ("insert_item", "requeue_item")
                            or (name in ("settle", "settle_linked")
                                and dict(params).get("status") == "pending")):
             self.notify = True  # a claimable item: wake parked claims on every machine
         return rows
+
+    def _registered(self, params: Params) -> bool:
+        """Whether the worker's registration would change nothing: the query refreshes
+        it at most once a second, and this store committed one recently enough."""
+        assert isinstance(params, dict)
+        worker, expires = params["worker_id"], params["expires"]
+        known = self.store.registered.get(worker)
+        if known is not None and expires <= known + 1000:
+            return True
+        self.registering[worker] = expires
+        return False
 
     def _horizon(self) -> int:
         """The last event number below which every event has committed or never will.
@@ -291,6 +314,7 @@ class PgTx:
         except BaseException:
             self._heads.clear()  # events appended inside were rolled back too
             self._reserved = None
+            self.registering.clear()  # and maybe a registration: let it be made again
             if not self.conn.closed:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
             raise
@@ -305,9 +329,13 @@ class PgTx:
         return self._reserved
 
     def link(self, item_id: int | None) -> tuple[int, str]:
+        prev = self._heads.get(item_id)
+        if prev is None and self._reserved is None and item_id is not None:
+            # Both in one round trip: this item's head was not read with its row.
+            both = self.all("next_seq_and_head", {"item_id": item_id})[0]
+            return both["seq"], both["hash"] or GENESIS
         seq = self.next_seq()
         self._reserved = None
-        prev = self._heads.get(item_id)
         if prev is None:
             row = None if item_id is None else self.one("item_head", {"item_id": item_id})
             prev = row["hash"] if row is not None else GENESIS
@@ -352,6 +380,10 @@ class PostgresStore(Store):
         self._pool: Any = None
         self.conninfo = _conninfo(url)
         self.commit_count = 0  # write transactions committed (tests count them)
+        # worker -> the registration expiry this store last committed (saves a
+        # statement on most claims and heartbeats)
+        self.registered: dict[str, int] = {}
+        self._registered_lock = threading.Lock()
         try:
             with self._connection() as conn:
                 self._prepare(conn, create=create, init=init)
@@ -447,6 +479,9 @@ class PostgresStore(Store):
             try:
                 conn.execute(QUERIES["notify_claimable"] + "; COMMIT" if tx.notify else "COMMIT")
                 self.commit_count += 1
+                with self._registered_lock:
+                    for worker, expires in tx.registering.items():
+                        self.registered[worker] = max(expires, self.registered.get(worker, 0))
             except psycopg.Error as exc:
                 if _retryable(exc):
                     raise Busy(str(exc)) from exc

@@ -9,7 +9,10 @@
 SELECT * FROM items WHERE id = %(id)s;
 
 -- name: item__locked
-SELECT * FROM items WHERE id = %(id)s FOR NO KEY UPDATE;
+-- orch_head (the hash the item's next event chains over) saves a round trip per event;
+-- orchestrator/postgres.py takes it off the row.
+SELECT *, (SELECT e.hash FROM event_log AS e WHERE e.seq = items.last_event) AS orch_head FROM items WHERE id = %(id)s
+FOR NO KEY UPDATE OF items;
 
 -- name: ancestor
 SELECT * FROM items WHERE id = %(id)s;
@@ -25,8 +28,9 @@ SELECT * FROM items WHERE id = %(id)s FOR SHARE NOWAIT;
 SELECT * FROM items WHERE kind = %(kind)s AND queue = %(queue)s AND key = %(key)s;
 
 -- name: item_by_key__locked
-SELECT * FROM items WHERE kind = %(kind)s AND queue = %(queue)s AND key = %(key)s
-FOR NO KEY UPDATE;
+SELECT *, (SELECT e.hash FROM event_log AS e WHERE e.seq = items.last_event) AS orch_head FROM items
+WHERE kind = %(kind)s AND queue = %(queue)s AND key = %(key)s
+FOR NO KEY UPDATE OF items;
 
 -- name: insert_item
 INSERT INTO items (kind, queue, parent_id, key, payload, priority, status, attempts,
@@ -60,11 +64,11 @@ ORDER BY priority DESC, id
 LIMIT 1;
 
 -- name: next_claimable__locked
-SELECT * FROM items
+SELECT *, (SELECT e.hash FROM event_log AS e WHERE e.seq = items.last_event) AS orch_head FROM items
 WHERE status = 'pending' AND kind = %(kind)s AND queue = %(queue)s AND run_after <= %(now)s
 ORDER BY priority DESC, id
 LIMIT 1
-FOR NO KEY UPDATE SKIP LOCKED;
+FOR NO KEY UPDATE OF items SKIP LOCKED;
 
 -- name: max_fence
 SELECT max(fence) AS fence FROM items;
@@ -142,8 +146,9 @@ FOR NO KEY UPDATE SKIP LOCKED;
 SELECT * FROM items WHERE parent_id = %(id)s AND status = 'running' ORDER BY id;
 
 -- name: running_children__locked
-SELECT * FROM items WHERE parent_id = %(id)s AND status = 'running' ORDER BY id
-FOR NO KEY UPDATE;
+SELECT *, (SELECT e.hash FROM event_log AS e WHERE e.seq = items.last_event) AS orch_head FROM items
+WHERE parent_id = %(id)s AND status = 'running' ORDER BY id
+FOR NO KEY UPDATE OF items;
 
 -- name: children
 SELECT * FROM items WHERE parent_id = %(id)s ORDER BY id;
@@ -189,12 +194,23 @@ WHERE i.id = %(item_id)s;
 -- name: next_seq
 SELECT nextval('orch_event_seq') AS seq;
 
+-- name: next_seq_and_head
+SELECT nextval('orch_event_seq') AS seq,
+       (SELECT e.hash FROM items AS i JOIN event_log AS e ON e.seq = i.last_event
+        WHERE i.id = %(item_id)s) AS hash;
+
 -- name: insert_event
-INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash,
-                       item_prev)
-VALUES (%(seq)s, %(at)s, %(item_id)s, %(type)s, %(worker_id)s, %(fence)s, %(detail)s,
-        %(prev_hash)s, %(hash)s,
-        coalesce((SELECT last_event FROM items WHERE id = %(item_id)s), 0));
+-- And makes it the item's latest (link_event), in the same round trip; an item not yet
+-- inserted (a bulk submit writes its events first) is linked by its own insert.
+WITH inserted AS (
+    INSERT INTO event_log (seq, at, item_id, type, worker_id, fence, detail, prev_hash, hash,
+                           item_prev)
+    VALUES (%(seq)s, %(at)s, %(item_id)s, %(type)s, %(worker_id)s, %(fence)s, %(detail)s,
+            %(prev_hash)s, %(hash)s,
+            coalesce((SELECT last_event FROM items WHERE id = %(item_id)s), 0))
+    RETURNING seq, item_id
+)
+UPDATE items SET last_event = inserted.seq FROM inserted WHERE items.id = inserted.item_id;
 
 -- name: link_event
 UPDATE items SET last_event = %(seq)s WHERE id = %(item_id)s;
