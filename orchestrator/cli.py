@@ -874,8 +874,12 @@ def _http_address(_ctx: click.Context, _param: click.Parameter,
 @click.option("--http", metavar="HOST:PORT", default=None, callback=_http_address,
               help="Also serve the web view there (port 0: any free port); orch web "
                    "prints its URL. Off unless given; keep HOST a loopback address.")
+@click.option("--writer-lanes", type=click.IntRange(1, 64), default=defaults.WRITER_LANES,
+              show_default=True,
+              help="PostgreSQL: group commits run side by side, each on a connection of "
+                   "its own (SQLite has one writer).")
 def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_timeout,
-           max_connections, max_buffered_mib, http) -> int:
+           max_connections, max_buffered_mib, http, writer_lanes) -> int:
     """Serve JSON-RPC on the Unix socket for local agents (stop with SIGTERM).
 
     \b
@@ -892,7 +896,8 @@ def daemon(synchronous, log_file, log_level, recover_every, line_timeout, idle_t
                       log_level=log_level, recover_every_s=recover_every,
                       line_timeout_s=line_timeout, idle_timeout_s=idle_timeout,
                       max_connections=max_connections,
-                      max_buffered=int(max_buffered_mib * (1 << 20)), http=http)
+                      max_buffered=int(max_buffered_mib * (1 << 20)), http=http,
+                      writer_lanes=writer_lanes)
 
 
 @command(cli)

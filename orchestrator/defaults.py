@@ -35,3 +35,5 @@ WORK_CONCURRENCY = 1
 WORK_GRACE_S = 30.0  # after SIGTERM/SIGINT, before running commands are stopped
 WORK_KILL_AFTER_S = 5.0  # between SIGTERM and SIGKILL to a stopped command
 WORK_RETRY_IN_S = 10.0  # before an item whose command exited 75 is claimable again
+# PostgreSQL: group commits a daemon runs side by side, each on its own connection.
+WRITER_LANES = 4

@@ -11,6 +11,8 @@ The peers are not orch's dependencies: they live in the benchmark's own venv.
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --only peers   # procrastinate, pgqueuer
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --only orch    # orch's rows alone
     /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --quick        # tiny: checks it runs
+    # each orch daemon with one writer lane (default 4: orch daemon --writer-lanes)
+    ORCH_BENCH_WRITER_LANES=1 /tmp/orch-bench-venv/bin/python scripts/bench_pg.py --only orch
 
 Every run: a fresh database is created on the server (--pg, default
 postgresql://postgres@127.0.0.1/test, which is only used to CREATE and DROP it), N jobs
@@ -387,7 +389,8 @@ def start_daemon(url: str, home: Path, sock: Path) -> subprocess.Popen:
     log = home / "daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "--db", url, "--socket", str(sock), "daemon",
-         "--log-file", str(log), "--log-level", "WARNING"],
+         "--log-file", str(log), "--log-level", "WARNING",
+         "--writer-lanes", os.environ.get("ORCH_BENCH_WRITER_LANES", "4")],
         stdout=subprocess.DEVNULL, stderr=open(home / "stderr", "wb"), cwd=ROOT,  # noqa: SIM115
         env={**os.environ, "OPENCLAW_HOME": str(home)})
     deadline = time.monotonic() + 30

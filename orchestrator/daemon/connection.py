@@ -30,6 +30,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
+        # The writer lane its writes commit in, one lane per client (PostgreSQL).
+        self.lane = daemon.writer.lane() if hasattr(daemon.writer, "lane") else 0
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a request of this client is being answered

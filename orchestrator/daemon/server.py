@@ -33,7 +33,7 @@ from .logs import Throttled, setup_logging
 from .metrics import Metrics
 from .waiters import Waiters
 from .wire import Request, error_reply
-from .writer import Checkpointer, GroupCommit
+from .writer import Checkpointer, GroupCommit, WriterLanes, serialized
 
 if TYPE_CHECKING:
     from ..web.app import WebView
@@ -61,6 +61,7 @@ class Daemon:
                  idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
                  readers: int = 4, debug: bool = False,
+                 writer_lanes: int = defaults.WRITER_LANES,
                  http: tuple[str, int] | None = None):
         self.db: Path | str = db if is_url(db) else Path(db).resolve()
         self.sock = Path(sock)
@@ -71,6 +72,7 @@ class Daemon:
         self.max_connections = max_connections
         self.max_buffered = max_buffered
         self.reader_count = readers
+        self.writer_lanes = writer_lanes  # PostgreSQL only: SQLite has one writer
         self.debug = debug
         self.waiters = Waiters()
         self.inflight = 0
@@ -160,7 +162,7 @@ class Daemon:
             # One pool for the writer, the readers and the periodic look; a parked
             # claim is woken by NOTIFY from any machine (the Listener), and the
             # periodic look is the safety net under it.
-            store = open_store(self.db, pool=self.reader_count + 2)
+            store = open_store(self.db, pool=self.reader_count + self.writer_lanes + 1)
             self.writer_store = self.watch = store
             from ..postgres import Listener
 
@@ -168,8 +170,17 @@ class Daemon:
                 self.writer_store,  # type: ignore[arg-type]
                 lambda: loop.call_soon_threadsafe(self._woken_from_afar))
             self.listener_thread.start()
-        self.writer = GroupCommit(self.writer_store, loop, lambda: len(self.connections),
-                                  committed=self.metrics.committed)
+        if isinstance(self.writer_store, SQLiteStore):
+            self.writer: GroupCommit | WriterLanes = GroupCommit(
+                self.writer_store, loop, lambda: len(self.connections),
+                committed=self.metrics.committed)
+        else:
+            committed = serialized(self.metrics.committed)
+            self.writer = WriterLanes([
+                GroupCommit(self.writer_store, loop,
+                            lambda: -(-len(self.connections) // self.writer_lanes),
+                            committed=committed)
+                for _ in range(self.writer_lanes)])
         self.pool = ThreadPoolExecutor(self.reader_count, thread_name_prefix="orch-reader")
         if threading.current_thread() is threading.main_thread():
             # Only the main thread takes signals; a daemon run in another thread (in a
@@ -542,7 +553,10 @@ class Daemon:
             except Exception:  # noqa: BLE001 -- committed: the answer must still go
                 logger.exception("waking parked claims or counting the answer failed")
             conn.reply(wire.reply(id_, ok, value))
-        self.writer.submit(op, req.kwargs, done)
+        if isinstance(self.writer, WriterLanes):
+            self.writer.submit(op, req.kwargs, done, conn.lane)
+        else:
+            self.writer.submit(op, req.kwargs, done)
 
     async def _answer(self, parsed: Request | list[Request] | dict,
                       gone: Callable[[], bool]) -> Any:
@@ -589,12 +603,13 @@ def run(db: paths.Database, sock: Path, *, synchronous: str = "full", log_file: 
         log_level: str = "INFO", recover_every_s: float = RECOVER_EVERY_S,
         line_timeout_s: float = LINE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS, max_buffered: int = MAX_BUFFERED,
-        http: tuple[str, int] | None = None) -> int:
+        http: tuple[str, int] | None = None,
+        writer_lanes: int = defaults.WRITER_LANES) -> int:
     setup_logging(log_file, log_level)
     daemon = Daemon(db, sock, synchronous=synchronous, recover_every_s=recover_every_s,
                     line_timeout_s=line_timeout_s, idle_timeout_s=idle_timeout_s,
                     max_connections=max_connections, max_buffered=max_buffered,
-                    debug=log_level == "DEBUG", http=http)
+                    debug=log_level == "DEBUG", http=http, writer_lanes=writer_lanes)
     asyncio.run(daemon.serve())
     return 0
 

@@ -192,6 +192,66 @@ class GroupCommit:
         self.pool.shutdown(wait=True)
 
 
+class WriterLanes:
+    """Several group commits side by side, each with its own connection (PostgreSQL).
+
+    SQLite takes one writer at a time; PostgreSQL takes many, and one writer thread
+    running its statements one round trip after another leaves the server idle. Each
+    client connection keeps to one lane, so its requests commit in the order it sent
+    them; requests of different clients may commit in either order, as they could
+    through two daemons.
+    """
+
+    def __init__(self, lanes: list[GroupCommit]):
+        self.lanes = lanes
+        self._turn = 0
+
+    def lane(self) -> int:
+        """The lane for a new client connection: each in turn."""
+        self._turn = (self._turn + 1) % len(self.lanes)
+        return self._turn
+
+    def submit(self, op: str, kwargs: dict, done: Done, lane: int = 0) -> None:
+        self.lanes[lane].submit(op, kwargs, done)
+
+    def submit_future(self, op: str, kwargs: dict, lane: int = 0) -> asyncio.Future:
+        return self.lanes[lane].submit_future(op, kwargs)
+
+    @property
+    def pending(self) -> bool:
+        return any(w.pending for w in self.lanes)
+
+    @property
+    def offloaded(self) -> bool:
+        return any(w.offloaded for w in self.lanes)
+
+    def flush(self) -> None:
+        for w in self.lanes:
+            w.flush()
+
+    @property
+    def commits(self) -> int:
+        return sum(w.commits for w in self.lanes)
+
+    @property
+    def committed_requests(self) -> int:
+        return sum(w.committed_requests for w in self.lanes)
+
+    def close(self) -> None:
+        for w in self.lanes:
+            w.close()
+
+
+def serialized(fn: Callable[[int, float], None]) -> Callable[[int, float], None]:
+    """``fn``, called by one lane's thread at a time."""
+    lock = threading.Lock()
+
+    def call(requests: int, seconds: float) -> None:
+        with lock:
+            fn(requests, seconds)
+    return call
+
+
 class Checkpointer(threading.Thread):
     """Copies the WAL back into the database off the writer's path.
 
