@@ -476,6 +476,13 @@ class PostgresStore(Store):
                     raise
             except psycopg.Error as exc:
                 raise self._map(exc) from exc
+            if conn.broken or conn.closed \
+                    or conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                # COMMIT was not sent (or would only roll back): nothing of it stands.
+                if not conn.closed and not conn.broken:
+                    conn.execute("ROLLBACK")
+                raise Unavailable(f"database {self.path}: the connection was lost before "
+                                  "COMMIT; nothing was written")
             try:
                 conn.execute(QUERIES["notify_claimable"] + "; COMMIT" if tx.notify else "COMMIT")
                 self.commit_count += 1

@@ -418,3 +418,38 @@ def test_connections_cut_under_load_lose_no_acknowledged_release(pg_schemas, sta
     assert p.returncode == 0, p.stdout + p.stderr
     assert d.stop() == 0
     assert_quiet_about(SECRET, d.stderr_text(), d.log_text())
+
+
+def test_a_request_held_up_by_a_locked_row_does_not_hold_up_its_group(pg_schemas,
+                                                                       start_daemon):
+    """On PostgreSQL a child's write that finds its parent's row locked (NOWAIT) goes
+    round again by itself: the requests committed with it, and after it, are answered
+    at once, and it succeeds once the row is free."""
+    url = pg_schemas.url()
+    d = start_daemon("--writer-lanes", "1", db=url)  # one lane: every write in one queue
+    with d.client() as c:
+        s = c.start_session("agent", ttl=600)
+        g = c.create_goal(s["id"], s["token"], ttl=600)
+        t = c.execute_tool_idempotent(g["id"], g["token"], "fetch", {"u": 1}, ttl=600)
+    beat: dict = {}
+    with closing(psycopg.connect(pg_server())) as holder:
+        holder.execute(f'SELECT * FROM "{schema_of(url)}".items WHERE id = %s FOR UPDATE',
+                       (g["id"],))
+
+        def heartbeat() -> None:
+            with d.client() as c2:
+                beat["answer"] = c2.heartbeat(t["id"], t["token"])
+        hb = threading.Thread(target=heartbeat)
+        hb.start()
+        time.sleep(0.3)  # it is going round now
+        # While the goal's row stays locked, other writes through the same lane are
+        # answered (before: they waited behind it until the busy budget ran out).
+        for n in range(3):
+            p = orch_process("--socket", str(d.sock), "submit", "--payload", str(n), db=url,
+                             timeout=8)
+            assert p.returncode == 0, p.stderr
+        assert hb.is_alive() and "answer" not in beat  # still held up
+        holder.rollback()
+    hb.join(timeout=20)
+    assert beat["answer"]["id"] == t["id"]
+    assert orch_process("doctor", db=url).returncode == 0  # type: ignore[arg-type]

@@ -210,8 +210,9 @@ class Daemon:
         for throttled in self.throttled:
             throttled.next_at = 0.0
             throttled.flush()
-        while self.writer.pending or self.writer.offloaded:  # nothing is left uncommitted
-            if self.writer.offloaded:
+        # nothing is left uncommitted, held-up requests included
+        while self.writer.pending or self.writer.offloaded or self.writer.again:
+            if self.writer.offloaded or self.writer.again:
                 await asyncio.sleep(0.01)
             else:
                 self.writer.flush()
@@ -433,7 +434,10 @@ class Daemon:
         return store
 
     async def _write(self, op: str, kwargs: dict) -> tuple[bool, Any]:
-        ok, value = await self.writer.submit_future(op, kwargs)
+        if isinstance(self.writer, WriterLanes):  # waits, batches, recovery: each in turn
+            ok, value = await self.writer.submit_future(op, kwargs, self.writer.lane())
+        else:
+            ok, value = await self.writer.submit_future(op, kwargs)
         if ok and op in FEEDS:
             self.waiters.feed(op, value)
         return ok, value

@@ -4,6 +4,7 @@ checkpoints the WAL."""
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from ..store import CommitAndRaise, Rollback, SQLiteStore, Store
 MAX_GROUP = 512  # requests committed together at most
 
 Done = Callable[[tuple[bool, Any]], None]
+#: A request's outcome, or None: a locked row held it up and it goes round again.
+Outcome = tuple[bool, Any] | None
 
 
 class GroupCommit:
@@ -51,6 +54,9 @@ class GroupCommit:
         self.waited = False
         self.offloaded = False  # a group waits for the lock in self.pool
         self.pending: list[tuple[str, dict, Done]] = []
+        # requests a locked row held up: when each gives up, and how often it went round
+        self.deadlines: dict[Done, tuple[float, int]] = {}
+        self.again = 0  # of them, waiting to join a later group
         self.commits = 0
         self.committed_requests = 0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="orch-writer-wait")
@@ -100,7 +106,7 @@ class GroupCommit:
         fut = self.loop.run_in_executor(self.pool, self._commit_waiting, group)
         fut.add_done_callback(lambda f: self._waited(group, f))
 
-    def _commit_waiting(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+    def _commit_waiting(self, group: list[tuple[str, dict, Done]]) -> list[Outcome]:
         # In the pool: the loop does not touch the connection while self.offloaded.
         if not isinstance(self.store, SQLiteStore):
             return self.store.retry(lambda: self._commit(group))
@@ -124,25 +130,51 @@ class GroupCommit:
             self.loop.call_soon(self.flush)
 
     def _deliver(self, group: list[tuple[str, dict, Done]],
-                 outcomes: list[tuple[bool, Any]]) -> None:
-        for (_, _, done), outcome in zip(group, outcomes, strict=True):
+                 outcomes: list[Outcome]) -> None:
+        for (op, kwargs, done), outcome in zip(group, outcomes, strict=True):
+            if outcome is None:
+                self._again(op, kwargs, done)
+                continue
+            self.deadlines.pop(done, None)
             try:
                 done(outcome)
             except Exception:  # noqa: BLE001 -- one reply's failure is not the group's
                 logger.exception("delivering a reply failed")
 
-    def _commit(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
+    def _again(self, op: str, kwargs: dict, done: Done) -> None:
+        """A request a locked row held up (PostgreSQL): the rest of its group committed
+        without it; it joins a later group, backing off, until the busy budget ends."""
+        now = time.monotonic()
+        deadline, tries = self.deadlines.get(done, (now + self.store.busy_budget_s, 0))
+        if now >= deadline:
+            del self.deadlines[done]
+            done((False, Unavailable(f"database is busy (gave up after "
+                                     f"{self.store.busy_budget_s:g} s): a row this request "
+                                     "needs stayed locked")))
+            return
+        self.deadlines[done] = (deadline, tries + 1)
+        self.again += 1
+
+        def resubmit() -> None:
+            self.again -= 1
+            self.submit(op, kwargs, done)
+        self.loop.call_later(min(0.002 * 2 ** tries, 0.1) * (0.5 + random.random()), resubmit)
+
+    def _commit(self, group: list[tuple[str, dict, Done]]) -> list[Outcome]:
         """One attempt; BusyError (the file is locked) is the caller's to retry."""
         started = time.perf_counter()
         try:
             if len(group) == 1:  # alone: its own transaction, no savepoint needed
                 op, kwargs, _ = group[0]
                 fn, _ = OPERATIONS[op]
+                outcomes: list[Outcome]
                 try:
                     outcomes = [(True, self.store.write(
                         lambda tx: fn(tx, tx.now(), **kwargs), retry=False))]
                 except self.store.BUSY:
-                    raise
+                    if self.inline:
+                        raise
+                    outcomes = [None]  # a row in its way: it goes round again (_deliver)
                 except Exception as exc:  # noqa: BLE001 -- mapped, never raised here
                     outcomes = [self._failure(op, exc)]
             else:
@@ -157,8 +189,9 @@ class GroupCommit:
         self.committed(len(group), time.perf_counter() - started)
         return outcomes
 
-    def _commit_group(self, group: list[tuple[str, dict, Done]]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
+    def _commit_group(self, group: list[tuple[str, dict, Done]]
+                      ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
             with self.store.transaction() as tx:
                 for op, kwargs, _ in group:
@@ -173,7 +206,12 @@ class GroupCommit:
                     except Rollback as rb:
                         outcomes.append((True, rb.result))
                     except self.store.BUSY:
-                        raise  # the whole group is tried again
+                        if self.inline:
+                            raise  # SQLite: the file is locked; the whole group waits
+                        # PostgreSQL: one row is in the way of this request alone; its
+                        # savepoint is undone, the others commit and are answered, and
+                        # it joins a later group (_deliver).
+                        outcomes.append(None)
                     except Exception as exc:  # noqa: BLE001 -- this request fails alone
                         outcomes.append(self._failure(op, exc))
         except self.store.BUSY:
@@ -224,6 +262,10 @@ class WriterLanes:
     @property
     def offloaded(self) -> bool:
         return any(w.offloaded for w in self.lanes)
+
+    @property
+    def again(self) -> int:
+        return sum(w.again for w in self.lanes)
 
     def flush(self) -> None:
         for w in self.lanes:
