@@ -46,7 +46,7 @@ from . import defaults
 from .errors import InvalidInput, NotFound, OrchError, OutcomeUnknown, SchemaTooNew, Unavailable
 from .events import GENESIS
 from .model import EventRow, ExpiredRow, ItemRow
-from .store import SQL_DIR, CommitAndRaise, Params, Rollback, Store, load_queries
+from .store import SQL_DIR, Params, Store, attempt_write, load_queries
 
 T = TypeVar("T")
 
@@ -503,14 +503,7 @@ class PostgresStore(Store):
     def write(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
         def attempt() -> T:
             try:
-                with self.transaction() as tx:
-                    try:
-                        return fn(tx)
-                    except CommitAndRaise as refusal:
-                        error = refusal.error
-                raise error  # committed
-            except Rollback as rb:
-                return rb.result
+                return attempt_write(self, fn)
             except psycopg.Error as exc:
                 raise self._map(exc) from exc
 
@@ -564,8 +557,8 @@ class PostgresStore(Store):
         return None
 
     def backup(self, dest: Any) -> None:
-        raise NotImplementedError("orch backup copies SQLite files; back up PostgreSQL "
-                                  "with pg_dump")
+        raise InvalidInput("orch backup copies a SQLite file; back up a PostgreSQL "
+                           "database with pg_dump", data={"field": "db"})
 
     def integrity_problems(self) -> list[str]:
         return []  # the server keeps its own files whole; doctor checks the log

@@ -88,6 +88,20 @@ class CommitAndRaise(Exception):
         self.error = error
 
 
+def attempt_write(store: Store, fn: Callable[[Any], T]) -> T:
+    """One attempt of ``fn`` in one write transaction of ``store``: ``Rollback`` undoes
+    its writes and returns its result, ``CommitAndRaise`` commits them, then raises."""
+    try:
+        with store.transaction() as tx:
+            try:
+                return fn(tx)
+            except CommitAndRaise as refusal:
+                error = refusal.error
+        raise error  # committed
+    except Rollback as rb:
+        return rb.result
+
+
 class Tx:
     """One transaction's access to the named queries."""
 
@@ -431,15 +445,7 @@ class SQLiteStore(Store):
     def write(self, fn: Callable[[Tx], T], *, retry: bool = True) -> T:
         """See Store.write; ``retry=False``: a locked file raises BusyError at once."""
         def attempt() -> T:
-            try:
-                with self.transaction() as tx:
-                    try:
-                        return fn(tx)
-                    except CommitAndRaise as refusal:
-                        error = refusal.error
-                raise error  # committed
-            except Rollback as rb:
-                return rb.result
+            return attempt_write(self, fn)
 
         try:
             return self._guard(attempt)  # the common case, without the retry machinery
