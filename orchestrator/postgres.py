@@ -45,8 +45,7 @@ from psycopg.rows import dict_row
 from . import defaults
 from .errors import InvalidInput, NotFound, OrchError, OutcomeUnknown, SchemaTooNew, Unavailable
 from .events import GENESIS
-from .model import EventRow, ExpiredRow, ItemRow
-from .store import SQL_DIR, Params, Store, attempt_write, load_queries
+from .store import SQL_DIR, Params, Store, TypedReads, attempt_write, load_queries
 
 T = TypeVar("T")
 
@@ -164,7 +163,7 @@ def schema_tables(url: str) -> list[str]:
         raise unavailable(exc, masked(url)) from exc
 
 
-class PgTx:
+class PgTx(TypedReads):
     """One transaction on PostgreSQL, with the methods of ``store.Tx``."""
 
     def __init__(self, conn: Any, store: PostgresStore, *, write: bool):
@@ -269,28 +268,6 @@ class PgTx:
             pause = min(pause * 2, 0.02)
         self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         return int(horizon)
-
-    def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
-        rows = self.all(name, params)
-        return rows[0] if rows else None
-
-    def item(self, name: str, params: Params = ()) -> ItemRow | None:
-        return self.one(name, params)  # type: ignore[return-value]
-
-    def items(self, name: str, params: Params = ()) -> list[ItemRow]:
-        return self.all(name, params)  # type: ignore[return-value]
-
-    def expired(self, name: str, params: Params = ()) -> list[ExpiredRow]:
-        return self.all(name, params)  # type: ignore[return-value]
-
-    def events(self, name: str, params: Params = ()) -> list[EventRow]:
-        return self.all(name, params)  # type: ignore[return-value]
-
-    def scalar(self, name: str, params: Params = ()) -> int | None:
-        row = self.one(name, params)
-        value = None if row is None else next(iter(row.values()))
-        assert value is None or isinstance(value, int), value
-        return value
 
     def run(self, name: str, params: Params = ()) -> None:
         self.all(name, params)

@@ -102,28 +102,11 @@ def attempt_write(store: Store, fn: Callable[[Any], T]) -> T:
         return rb.result
 
 
-class Tx:
-    """One transaction's access to the named queries."""
+class TypedReads:
+    """The reads every backend's transaction answers on top of its own ``all``."""
 
-    __slots__ = ("conn", "last_hash", "last_seq")
-    schema_version = SCHEMA_VERSION
-
-    def __init__(self, conn: apsw.Connection):
-        self.conn = conn
-        # The event chain's head, cached for the transaction (see events.append).
-        self.last_hash: str | None = None
-        self.last_seq = 0
-
-    def all(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
-        # Rows come back as dicts; a query's column names are read once and kept.
-        cur = self.conn.execute(QUERIES[name], params)
-        names = _COLUMNS.get(name)
-        if names is None:
-            try:
-                names = _COLUMNS[name] = tuple(d[0] for d in cur.get_description())
-            except apsw.ExecutionCompleteError:
-                return []  # no row: there was nothing to describe
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    __slots__ = ()
+    all: Callable[..., list[dict[str, Any]]]
 
     def one(self, name: str, params: Params = ()) -> dict[str, Any] | None:
         # Read to the end so no statement is left half-run inside the transaction.
@@ -151,6 +134,30 @@ class Tx:
         value = None if row is None else next(iter(row.values()))
         assert value is None or isinstance(value, int), value
         return value
+
+
+class Tx(TypedReads):
+    """One transaction's access to the named queries."""
+
+    __slots__ = ("conn", "last_hash", "last_seq")
+    schema_version = SCHEMA_VERSION
+
+    def __init__(self, conn: apsw.Connection):
+        self.conn = conn
+        # The event chain's head, cached for the transaction (see events.append).
+        self.last_hash: str | None = None
+        self.last_seq = 0
+
+    def all(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
+        # Rows come back as dicts; a query's column names are read once and kept.
+        cur = self.conn.execute(QUERIES[name], params)
+        names = _COLUMNS.get(name)
+        if names is None:
+            try:
+                names = _COLUMNS[name] = tuple(d[0] for d in cur.get_description())
+            except apsw.ExecutionCompleteError:
+                return []  # no row: there was nothing to describe
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def run(self, name: str, params: Params = ()) -> None:
         self.conn.execute(QUERIES[name], params).fetchall()
